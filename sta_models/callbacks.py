@@ -1,0 +1,78 @@
+"""Progress, metrics and cancellation hooks shared by every long-running function.
+
+The library never knows who is listening: the CLI prints a progress bar, the Celery worker writes
+rows to the database. Both pass a :class:`Callbacks`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("sta_models")
+
+
+class Cancelled(Exception):
+    """Raised between batches when :meth:`Callbacks.should_cancel` says so; state is saved first."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one finished epoch reports. ``extra`` holds stage-specific values (e.g. val CC/NSS)."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    seconds: float
+    samples_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "lr": self.lr,
+            "seconds": self.seconds,
+            "samples_per_s": self.samples_per_s,
+            "extra": dict(self.extra),
+        }
+
+
+@dataclass
+class Callbacks:
+    """Optional hooks; every field may be left as ``None``."""
+
+    epoch_end: Callable[[EpochMetrics], None] | None = None
+    progress: Callable[[int, int, str], None] | None = None  # (done, total, what)
+    cancel_requested: Callable[[], bool] | None = None
+    message: Callable[[str], None] | None = None
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        if self.epoch_end is not None:
+            self.epoch_end(metrics)
+
+    def on_progress(self, done: int, total: int, what: str = "") -> None:
+        if self.progress is not None:
+            self.progress(done, total, what)
+
+    def log(self, msg: str) -> None:
+        log.info(msg)
+        if self.message is not None:
+            self.message(msg)
+
+    def should_cancel(self) -> bool:
+        return bool(self.cancel_requested and self.cancel_requested())
+
+    def check_cancel(self) -> None:
+        """Raise :class:`Cancelled` if cancellation was requested (call at batch boundaries)."""
+        if self.should_cancel():
+            raise Cancelled("cancelled on request")
+
+
+NO_CALLBACKS = Callbacks()

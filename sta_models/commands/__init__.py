@@ -1,0 +1,1 @@
+"""``stapipe`` sub-commands that need only the ML library (no Celery, Flask or database)."""

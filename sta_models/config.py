@@ -1,0 +1,154 @@
+"""Typed per-pipeline configuration and the presets ``tiny``, ``demo`` and ``paper``.
+
+A :class:`PipelineConfig` is stored as JSON with each pipeline, so a run can always be reproduced
+from its record. Defaults are the method's (SPEC §2–§7); the presets only shrink sizes and epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Backbone = Literal["resnext101_32x8d", "resnet50", "resnet18"]
+Branch = Literal["s", "sa", "st"]
+BRANCHES: tuple[Branch, ...] = ("s", "sa", "st")
+PRESETS = ("tiny", "demo", "paper")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExtractConfig(_Strict):
+    """Per-video extraction (SPEC §2)."""
+
+    size: int = Field(356, ge=32, le=1024, description="stored frame size (square, aspect not kept)")
+    min_success_fraction: float = Field(
+        0.9, ge=0.0, le=1.0, description="the pipeline goes on if at least this fraction of videos extracted"
+    )
+
+
+class TrainConfig(_Strict):
+    """One training stage (a classifier branch or STA)."""
+
+    backbone: Backbone = "resnext101_32x8d"
+    input_size: int = Field(256, ge=32, le=1024)
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    lr: float = Field(1e-4, gt=0.0, le=10.0)
+    decay_epochs: list[int] = Field(default_factory=lambda: [5, 10])
+    lr_decay: float = Field(0.1, gt=0.0, le=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    workers: int = Field(4, ge=0, le=64, description="DataLoader worker processes")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = Field(0, ge=0)
+    backbone_weights: str | None = Field(
+        None, description="torchvision state-dict file; unset = torchvision cache if present, else random init"
+    )
+    audio_weights: str | None = Field(None, description="VGGSound audio checkpoint file; unset = random init")
+
+    @field_validator("decay_epochs")
+    @classmethod
+    def _sorted_positive(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError("decay epochs must be >= 1")
+        return sorted(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class PseudoGTConfig(_Strict):
+    """Coarse-to-fine fusion constants (SPEC §5). Sizes are in pixels of the stored frame."""
+
+    alpha_start: float = Field(2.0, gt=0.0)
+    alpha_step: float = Field(0.05, gt=0.0)
+    min_box: int = Field(100, ge=1, description="minimum box height and width")
+    fusion_eps: float = Field(1e-4, gt=0.0)
+    smooth_window: int = Field(3, ge=1, description="temporal smoothing window in seconds (odd)")
+    sparsify_factor: float = Field(3.0, ge=0.0, description="zero every pixel below factor*mean")
+
+    @field_validator("smooth_window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("smooth_window must be odd (a centred window)")
+        return v
+
+
+class EvaluateConfig(_Strict):
+    """Evaluation and inference (SPEC §6, §7)."""
+
+    blur_sigma: float = Field(2.0, ge=0.0)
+    n_splits: int = Field(100, ge=1)
+    step: float = Field(0.1, gt=0.0, le=1.0)
+    overlay_videos: int = Field(3, ge=0, description="test videos rendered as overlay MP4s")
+    seed: int = 0
+
+
+class PipelineConfig(_Strict):
+    """Everything one pipeline run needs; stored with the pipeline."""
+
+    preset: str = "paper"
+    split_seed: int = 0
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    coarse: dict[Branch, TrainConfig]
+    fine: dict[Branch, TrainConfig]
+    pseudo_gt: PseudoGTConfig = Field(default_factory=PseudoGTConfig)
+    sta: TrainConfig
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _all_branches(self) -> PipelineConfig:
+        for stage_name in ("coarse", "fine"):
+            missing = set(BRANCHES) - set(getattr(self, stage_name))
+            if missing:
+                raise ValueError(f"{stage_name} is missing branch settings: {sorted(missing)}")
+        if self.pseudo_gt.min_box > self.extract.size:
+            raise ValueError("pseudo_gt.min_box cannot exceed extract.size")
+        return self
+
+
+def _paper() -> PipelineConfig:
+    batch = {"s": 64, "sa": 40, "st": 20}
+    coarse = {b: TrainConfig(input_size=256, batch_size=batch[b]) for b in BRANCHES}
+    fine = {b: TrainConfig(input_size=356, batch_size=batch[b]) for b in BRANCHES}
+    sta = TrainConfig(input_size=356, epochs=15, batch_size=8, weight_decay=1e-4)
+    return PipelineConfig(preset="paper", coarse=coarse, fine=fine, sta=sta)
+
+
+def _small(
+    name: str, size: int, coarse_in: int, fine_in: int, epochs: int, sta_epochs: int, min_box: int
+) -> PipelineConfig:
+    def cfg(inp: int, ep: int, bs: int, lr: float, wd: float = 5e-4) -> TrainConfig:
+        return TrainConfig(
+            backbone="resnet18", input_size=inp, epochs=ep, batch_size=bs, lr=lr,
+            decay_epochs=[max(ep, 1) + 1], weight_decay=wd, workers=0, device="auto",
+        )
+
+    return PipelineConfig(
+        preset=name,
+        extract=ExtractConfig(size=size),
+        coarse={b: cfg(coarse_in, epochs, 16, 1e-2) for b in BRANCHES},
+        fine={b: cfg(fine_in, epochs, 16, 1e-2) for b in BRANCHES},
+        pseudo_gt=PseudoGTConfig(min_box=min_box),
+        sta=cfg(fine_in, sta_epochs, 8, 1e-2, wd=1e-4),
+        evaluate=EvaluateConfig(n_splits=20, overlay_videos=1),
+    )
+
+
+def preset(name: str) -> PipelineConfig:
+    """A fresh config for a named preset (``tiny``: CI on CPU; ``demo``: minutes on 2 cores; ``paper``)."""
+    if name == "paper":
+        return _paper()
+    if name == "tiny":
+        return _small("tiny", size=112, coarse_in=64, fine_in=96, epochs=2, sta_epochs=3, min_box=32)
+    if name == "demo":
+        return _small("demo", size=160, coarse_in=96, fine_in=128, epochs=4, sta_epochs=6, min_box=45)
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

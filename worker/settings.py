@@ -1,0 +1,79 @@
+"""The one typed settings object of the system, read from ``STAPIPE_*`` environment variables.
+
+With nothing set, everything lives under ``./var`` (the embedded default): SQLite for the database
+and kombu's filesystem transport as a broker that needs no server. ``compose.yaml`` sets the
+PostgreSQL and Redis URLs instead.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STAPIPE_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="base folder for the embedded default's files")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in home")
+    broker_url: str | None = Field(None, description="Celery broker URL; unset = filesystem broker in home")
+    data_root: Path | None = Field(None, description="datasets must resolve inside it; unset = home/data")
+    artefact_root: Path | None = Field(None, description="stage outputs; unset = home/artefacts")
+    log_root: Path | None = Field(None, description="per-stage log files; unset = home/logs")
+    dashboard_password: str | None = Field(None, description="login password/API token; unset = generated")
+    secret_key: str | None = Field(None, description="Flask session key; unset = generated per home")
+    max_attempts: int = Field(3, ge=1, description="attempts per stage before it is marked failed")
+    task_time_limit_s: int = Field(48 * 3600, ge=60, description="hard limit for one stage task")
+    weights_dir: Path | None = Field(None, description="folder searched for pretrained weight files")
+    api_url: str = Field("http://127.0.0.1:8000", description="dashboard URL used by the API client commands")
+    dashboard_host: str = Field("127.0.0.1", description="address `stapipe up` serves the dashboard on")
+    dashboard_port: int = Field(8000, ge=1, le=65535, description="port `stapipe up` serves the dashboard on")
+    secure_cookies: bool = Field(False, description="mark session cookies Secure (set behind HTTPS)")
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home() / 'stapipe.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.broker.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_home() / "broker"
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.data_root or self.resolved_home() / "data").expanduser().resolve()
+
+    @property
+    def artefact_dir(self) -> Path:
+        return (self.artefact_root or self.resolved_home() / "artefacts").expanduser().resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        return (self.log_root or self.resolved_home() / "logs").expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests call ``get_settings.cache_clear()`` after changing env)."""
+    return Settings()
+
+
+def env_names() -> list[str]:
+    """Every environment variable the settings read (used to check compose.yaml)."""
+    return sorted(f"STAPIPE_{name.upper()}" for name in Settings.model_fields)
+
+
+__all__ = ["Settings", "get_settings", "env_names"]
