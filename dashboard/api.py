@@ -1,0 +1,191 @@
+"""The JSON API (``/api/v1``), documented in ``openapi.yaml``; the pages' scripts poll it too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, url_for
+from werkzeug.exceptions import NotFound
+
+from db.models import Pipeline, Stage
+from worker.settings import Settings
+
+from . import jobs, queries
+from .config_form import ConfigErrors
+from .database import db_session
+from .errors import FieldErrors
+from .logs import read_from, tail_lines
+from .params import int_arg, json_object
+from .paths import inside
+from .results import evaluation
+from .submission import validate
+from .views import artefact_json, pipeline_json, stage_json
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def settings() -> Settings:
+    return current_app.extensions["stapipe"]["settings"]
+
+
+def pipeline_or_404(pipeline_id: int) -> Pipeline:
+    pipeline = queries.get_pipeline(db_session(), pipeline_id)
+    if pipeline is None:
+        raise NotFound(f"no pipeline {pipeline_id}")
+    return pipeline
+
+
+def stage_or_404(stage_id: int) -> Stage:
+    stage = queries.get_stage(db_session(), stage_id)
+    if stage is None:
+        raise NotFound(f"no stage {stage_id}")
+    return stage
+
+
+def log_file(stage: Stage) -> Path | None:
+    """The stage's log if it lies under the log or artefact root (the DB is not trusted with paths)."""
+    if not stage.log_path:
+        return None
+    s = settings()
+    try:
+        path = Path(stage.log_path).resolve()
+    except (OSError, RuntimeError):
+        return None
+    return path if inside(s.log_dir, path) or inside(s.artefact_dir, path) else None
+
+
+def pipeline_detail(pipeline: Pipeline) -> dict[str, Any]:
+    session = db_session()
+    progress = queries.progress_for(session, [pipeline.id])[pipeline.id]
+    body = pipeline_json(pipeline, progress, settings())
+    body["config"] = pipeline.config
+    body["stages"] = [stage_json(s) for s in queries.stages_of(session, pipeline.id)]
+    return body
+
+
+@bp.get("/openapi.yaml")
+def openapi() -> Response:
+    return Response(OPENAPI.read_text(encoding="utf-8"), mimetype="application/yaml")
+
+
+@bp.get("/pipelines")
+def list_pipelines():  # type: ignore[no-untyped-def]
+    page = int_arg("page", 1, lo=1, hi=1_000_000)
+    per_page = int_arg("per_page", 20, lo=1, hi=100)
+    result = queries.list_pipelines(db_session(), page, per_page)
+    return jsonify(
+        items=[pipeline_json(p, prog, settings()) for p, prog in result.items],
+        page=result.page, per_page=result.per_page, total=result.total, pages=result.pages,
+    )
+
+
+@bp.post("/pipelines")
+def create_pipeline():  # type: ignore[no-untyped-def]
+    body = json_object()
+    unknown = sorted(set(body) - {"name", "dataset_root", "preset", "overrides"})
+    if unknown:
+        raise FieldErrors({k: "unknown field" for k in unknown})
+    try:
+        sub = validate(
+            settings(), name=body.get("name"), dataset_root=body.get("dataset_root"),
+            preset=body.get("preset", "tiny"), overrides=body.get("overrides"),
+        )
+    except ConfigErrors as exc:
+        raise FieldErrors(exc.fields, "The pipeline was not created: some values are invalid.") from None
+    session = db_session()
+    pipeline = jobs.submit(
+        session, settings(), name=sub.name, dataset_root=sub.dataset_root, config=sub.config, submitted_by="api"
+    )
+    response = jsonify(pipeline_detail(pipeline))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_pipeline", pipeline_id=pipeline.id)
+    return response
+
+
+@bp.get("/pipelines/<int:pipeline_id>")
+def get_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(pipeline_detail(pipeline_or_404(pipeline_id)))
+
+
+@bp.post("/pipelines/<int:pipeline_id>/cancel")
+def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+    pipeline = pipeline_or_404(pipeline_id)
+    jobs.cancel_pipeline(db_session(), pipeline)
+    return jsonify(pipeline_detail(pipeline))
+
+
+@bp.get("/pipelines/<int:pipeline_id>/results")
+def pipeline_results(pipeline_id: int):  # type: ignore[no-untyped-def]
+    ev = evaluation(db_session(), pipeline_or_404(pipeline_id), settings())
+    return jsonify(
+        pipeline_id=pipeline_id, status=ev.stage.status if ev.stage else None, metrics=ev.metrics,
+        tables=[vars(t) for t in ev.tables], problem=ev.problem, videos=ev.videos,
+    )
+
+
+@bp.get("/stages/<int:stage_id>")
+def get_stage(stage_id: int):  # type: ignore[no-untyped-def]
+    stage = stage_or_404(stage_id)
+    body = stage_json(stage)
+    body["failed_items"] = [
+        {"video_id": i.video_id, "reason": i.reason} for i in queries.failed_items(db_session(), stage.id)
+    ]
+    return jsonify(body)
+
+
+@bp.post("/stages/<int:stage_id>/cancel")
+def cancel_stage(stage_id: int):  # type: ignore[no-untyped-def]
+    stage = stage_or_404(stage_id)
+    jobs.cancel_stage(db_session(), stage)
+    return jsonify(stage_json(stage))
+
+
+@bp.get("/stages/<int:stage_id>/rerun-plan")
+def rerun_plan(stage_id: int):  # type: ignore[no-untyped-def]
+    stage = stage_or_404(stage_id)
+    plan = jobs.rerun_plan(db_session(), stage)
+    return jsonify(stage_id=stage.id, rerunnable=stage_json(stage)["rerunnable"],
+                   stages=[{"id": s.id, "kind": s.kind, "status": s.status} for s in plan])
+
+
+@bp.post("/stages/<int:stage_id>/rerun")
+def rerun_stage(stage_id: int):  # type: ignore[no-untyped-def]
+    stage = stage_or_404(stage_id)
+    stages = jobs.rerun(db_session(), stage)
+    return jsonify(stage_id=stage.id, stages=[{"id": s.id, "kind": s.kind, "status": s.status} for s in stages])
+
+
+@bp.get("/stages/<int:stage_id>/metrics")
+def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
+    since = int_arg("since", 0, lo=0)
+    limit = int_arg("limit", 1000, lo=1, hi=queries.METRIC_PAGE_MAX)
+    stage = stage_or_404(stage_id)
+    rows = queries.metrics_since(db_session(), stage.id, since, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return jsonify(
+        stage_id=stage.id, status=stage.status, attempts=stage.attempts, since=since,
+        last_epoch=rows[-1].epoch if rows else since, more=more,
+        epochs=[queries.metric_row(m) for m in rows],
+        progress={"done": stage.progress_done, "failed": stage.progress_failed, "total": stage.progress_total},
+    )
+
+
+@bp.get("/stages/<int:stage_id>/log")
+def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
+    lines = int_arg("lines", 200, lo=0, hi=5000)
+    offset = int_arg("offset", -1, lo=0)
+    stage = stage_or_404(stage_id)
+    path = log_file(stage)
+    chunk = read_from(path, offset) if offset >= 0 else tail_lines(path, lines)
+    return jsonify(stage_id=stage.id, status=stage.status, exists=chunk.exists, text=chunk.text,
+                   offset=chunk.offset, next_offset=chunk.next_offset, size=chunk.size)
+
+
+@bp.get("/stages/<int:stage_id>/artefacts")
+def stage_artefacts(stage_id: int):  # type: ignore[no-untyped-def]
+    stage = stage_or_404(stage_id)
+    items = [artefact_json(a, settings()) for a in queries.artefacts_of(db_session(), stage.id)]
+    return jsonify(stage_id=stage.id, items=items, total_size=sum(a["size"] for a in items))

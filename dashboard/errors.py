@@ -1,0 +1,65 @@
+"""Error responses that say what was wrong and nothing about the server.
+
+``/api/…`` gets JSON (``{"error", "message"[, "fields"]}``), pages get a small HTML page. Unexpected
+exceptions are logged server-side and answered with a generic 500: no traceback, no path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+
+class FieldErrors(HTTPException):
+    """422 with a message per field (form fields, query parameters, JSON keys)."""
+
+    code = 422
+    description = "Some values are invalid."
+
+    def __init__(self, fields: dict[str, str], description: str | None = None):
+        super().__init__(description or self.description)
+        self.fields = fields
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def _respond(code: int, name: str, message: str, fields: dict[str, str] | None = None, headers: Any = None):  # type: ignore[no-untyped-def]
+    if _wants_json():
+        body: dict[str, Any] = {"error": name, "message": message}
+        if fields:
+            body["fields"] = fields
+        response = jsonify(body)
+    else:
+        response = render_template("error.html", code=code, name=name, message=message, fields=fields or {})
+    return response, code, headers or {}
+
+
+def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    headers = {}
+    if exc.code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="stapipe"'
+    if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+    return _respond(
+        exc.code or 500, exc.name, exc.description or exc.name, getattr(exc, "fields", None), headers
+    )
+
+
+def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    err = InternalServerError()
+    return _respond(500, err.name, "Something went wrong on the server. The error was logged.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,200 @@
+"""Datasets over the per-video HDF5 feature files (SPEC §2–§3) for the S, SA and ST branches.
+
+Why it is fast: frames are stored as raw uint8 arrays, so a sample is one HDF5 slice read (no
+JPEG decode), one small resize, and the batch travels to the device as uint8; ImageNet
+normalisation happens there, batched (:func:`prepare_batch`). Each worker process opens a file
+once and keeps the handle (cache keyed by path and pid, so forked workers never share a handle).
+
+Augmentation: with ``train=True`` a colour jitter (0.3, 0.3, 0.3, 0.1) is drawn once per sample and
+applied to all of its frames; the draw comes from the ``aug_seed`` that
+``trainer.SeededSampler`` yields with each index, so it is reproducible and resumable. Plain integer
+indices (evaluation, CAMs) never augment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import h5py
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset
+
+Kind = Literal["s", "sa", "st"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
+ST_MIN_EVENT = 3  # SPEC §3: events shorter than 3 s are skipped for ST (and STA)
+
+_HANDLES: dict[tuple[str, int], h5py.File] = {}
+
+
+def feature_path(feature_dir: str | Path, row: Any) -> Path:
+    """``<dir>/<row.key>.h5`` (per-row crops) when present, else ``<dir>/<video_id>.h5``."""
+    feature_dir = Path(feature_dir)
+    per_row = feature_dir / f"{row.key}.h5"
+    return per_row if per_row.exists() else feature_dir / f"{row.video_id}.h5"
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """This process's read handle on ``path`` (opened on first use, then reused)."""
+    key = (str(path), os.getpid())
+    handle = _HANDLES.get(key)
+    if handle is None:
+        if not any(pid == os.getpid() for _, pid in _HANDLES):
+            cv2.setNumThreads(1)  # small resizes in many workers: threads only contend
+        handle = h5py.File(path, "r")
+        _HANDLES[key] = handle
+    return handle
+
+
+def close_handles() -> None:
+    """Close this process's cached handles (tests, or before a file is rewritten)."""
+    for key in [k for k in _HANDLES if k[1] == os.getpid()]:
+        _HANDLES.pop(key).close()
+
+
+def resize_frames(frames: np.ndarray, size: int) -> torch.Tensor:
+    """[N, H, W, 3] uint8 → [N, 3, size, size] uint8 (area filter when shrinking)."""
+    n, h, w = frames.shape[:3]
+    if (h, w) != (size, size):
+        interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+        frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def color_jitter(frames: torch.Tensor, seed: int, strength: Sequence[float] = JITTER) -> torch.Tensor:
+    """One draw of ColorJitter(b, c, s, h) from ``seed`` applied to every frame of [N, 3, H, W] uint8."""
+    rng = np.random.default_rng(seed)
+    b, c, s, h = strength
+    factors = {
+        "b": rng.uniform(max(0.0, 1 - b), 1 + b), "c": rng.uniform(max(0.0, 1 - c), 1 + c),
+        "s": rng.uniform(max(0.0, 1 - s), 1 + s), "h": rng.uniform(-h, h),
+    }
+    for op in rng.permutation(["b", "c", "s", "h"]):
+        if op == "b":
+            frames = TF.adjust_brightness(frames, factors["b"])
+        elif op == "c":
+            frames = TF.adjust_contrast(frames, factors["c"])
+        elif op == "s":
+            frames = TF.adjust_saturation(frames, factors["s"])
+        else:
+            frames = TF.adjust_hue(frames, factors["h"])
+    return frames
+
+
+class FeatureDataset(Dataset):
+    """Samples = event seconds of rows, read from the feature files.
+
+    Items (dicts, default-collatable): ``image`` [3, S, S] uint8 (S, SA) or ``frames`` [3, 3, S, S]
+    uint8 (ST: t−1, t, t+1 clamped to the event), ``audio`` [1, 81, 199] float32 (SA; ST with
+    ``with_audio`` gives ``audios`` [3, 1, 81, 199], each from the same second as its frame),
+    ``label``, ``row`` (index into ``rows``) and ``second``.
+    ``excluded`` counts what was left out and why (goes into the stage record); with
+    ``skip_invalid_audio=False`` (CAMs) silent seconds stay in, with their zero spectrogram.
+    """
+
+    def __init__(self, rows: Sequence[Any], feature_dir: str | Path, kind: Kind, input_size: int,
+                 *, train: bool = False, with_audio: bool | None = None,
+                 skip_invalid_audio: bool = True) -> None:
+        if kind not in ("s", "sa", "st"):
+            raise ValueError(f"unknown branch {kind!r}")
+        self.rows, self.kind, self.input_size, self.train = list(rows), kind, input_size, train
+        self.with_audio = (kind == "sa") if with_audio is None else with_audio
+        self.paths: list[str] = []
+        self.samples: list[tuple[int, int]] = []  # (row index, second)
+        self.event: list[tuple[int, int]] = []  # per row: first and last usable second
+        self.excluded: Counter[str] = Counter()
+        for i, row in enumerate(self.rows):
+            path = feature_path(feature_dir, row)
+            self.paths.append(str(path))
+            self.event.append((row.start, row.end - 1))
+            if kind == "st" and row.end - row.start < ST_MIN_EVENT:
+                self.excluded["short_event_rows"] += 1
+                continue
+            if not path.exists():
+                self.excluded["missing_file_rows"] += 1
+                continue
+            with h5py.File(path, "r") as f:
+                n_frames = f["frames"].shape[0]
+                valid = f["audio_valid"][()] if self.with_audio and skip_invalid_audio else None
+            last = min(row.end, n_frames) - 1
+            self.event[i] = (row.start, last)
+            self.excluded["missing_seconds"] += max(0, row.end - max(row.start, n_frames))
+            for k in range(row.start, last + 1):
+                if valid is not None and not bool(valid[k]):
+                    self.excluded["audio_invalid_samples"] += 1
+                    continue
+                self.samples.append((i, k))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def exclusions(self) -> dict[str, int]:
+        return {k: int(v) for k, v in sorted(self.excluded.items()) if v}
+
+    def seconds_for(self, index: int) -> list[int]:
+        """The seconds a sample reads: [k] or [k−1, k, k+1] clamped to the row's event."""
+        i, k = self.samples[index]
+        if self.kind != "st":
+            return [k]
+        lo, hi = self.event[i]
+        return [max(lo, k - 1), k, min(hi, k + 1)]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, aug_seed = item if isinstance(item, tuple | list) else (int(item), None)
+        i, k = self.samples[index]
+        seconds = self.seconds_for(index)
+        f = open_h5(self.paths[i])
+        lo, hi = min(seconds), max(seconds)
+        block = f["frames"][lo : hi + 1]  # one contiguous read
+        frames = resize_frames(block[[s - lo for s in seconds]], self.input_size)
+        if self.train and aug_seed is not None:
+            frames = color_jitter(frames, aug_seed)
+        out: dict[str, Any] = {"label": int(self.rows[i].category_id), "row": i, "second": k}
+        if self.kind == "st":
+            out["frames"] = frames
+        else:
+            out["image"] = frames[0]
+        if self.with_audio:
+            audio = f["audio"][lo : hi + 1][[s - lo for s in seconds]]
+            audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(1)
+            if self.kind == "st":
+                out["audios"] = audio
+            else:
+                out["audio"] = audio[0]
+        return out
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    shape = [1] * x.dim()
+    shape[-3] = 3
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(shape)
+    return (x.float() / 255.0 - mean) / std
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a collated batch to ``device``; uint8 images become ImageNet-normalised float32 there.
+
+    4-d images go channels_last on CUDA (the layout bf16 convolutions are fastest in).
+    """
+    out: dict[str, Any] = {}
+    cuda = device.type == "cuda"
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+            continue
+        value = value.to(device, non_blocking=cuda)
+        if key in ("image", "frames"):
+            value = _normalise(value)
+            if cuda and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out

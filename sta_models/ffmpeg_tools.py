@@ -1,0 +1,42 @@
+"""Locating the ffmpeg/ffprobe binaries once, so every caller agrees on which build it runs.
+
+Debian's package brings both; the imageio-ffmpeg wheel carries only ffmpeg, so it is a fallback for
+encoding/decoding but never for probing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Path of ffmpeg: ``$STAPIPE_FFMPEG``, then PATH, then the imageio-ffmpeg wheel's binary."""
+    env = os.environ.get("STAPIPE_FFMPEG")
+    if env:
+        return env
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise FileNotFoundError("ffmpeg not found: install Debian's ffmpeg package") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.cache
+def ffprobe_exe() -> str:
+    """Path of ffprobe (``$STAPIPE_FFPROBE`` or PATH); there is no wheel fallback for it."""
+    env = os.environ.get("STAPIPE_FFPROBE")
+    if env:
+        return env
+    found = shutil.which("ffprobe")
+    if found:
+        return found
+    sibling = os.path.join(os.path.dirname(ffmpeg_exe()), "ffprobe")
+    if os.access(sibling, os.X_OK):
+        return sibling
+    raise FileNotFoundError("ffprobe not found: install Debian's ffmpeg package (apt-get install ffmpeg)")

@@ -1,0 +1,140 @@
+"""The STA network (SPEC §6): spatial + temporal + audio saliency from three frames and their audio.
+
+Input ``frames`` [B, 3, 3, H, W] and ``audio`` [B, 3, 1, 81, 199], both in **time order**
+(t−1, t, t+1); output logits [B, 3 frames, 3 side outputs, H, W] with side outputs ordered
+coarse → fine (from r4, r3, r2). The saliency of second t is ``sigmoid(logits[:, 1, 2])``.
+
+The three frames share every weight and go through the backbone as one batch of 3B images. The
+temporal mask sees the properly stacked class maps ``torch.stack([x_prev, x_cur, x_next], dim=2)``
+(the public code used ``.view``, which mixes channels and time). Every spatial size is read from
+the tensors, so one model runs at 64, 256 or 356 input.
+
+Choices where the SPEC is silent (written down here because they change the numbers):
+- Audio mask: exactly SA's size-agnostic :class:`~sta_models.networks.branches.AudioMask`
+  (Linear 8192 → F5 width, 4×4 transposed conv, bilinear resize to F5's h×w, 1×1 → C → 1, sigmoid).
+- Temporal mask: Conv3d(C → 1, (3,1,1), padding (1,0,0)) so each frame gets its own mask slice.
+- Decoder convs are followed by ReLU; upsampling is bilinear (align_corners=False).
+- C defaults to 28 (the method's class-map width, AVE's 28 categories).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sta_models.networks.audio import AudioNet
+from sta_models.networks.backbones import Backbone
+from sta_models.networks.blocks import AttentionGate, init_new_layers
+from sta_models.networks.branches import AudioMask, param_groups
+
+DEFAULT_CHANNELS = 28
+FRAMES = 3  # t−1, t, t+1
+CENTRE = 1
+FINEST = 2
+
+
+class STA(nn.Module):
+    """STANet's final saliency network; see the module docstring for shapes."""
+
+    def __init__(
+        self,
+        backbone: str = "resnext101_32x8d",
+        channels: int = DEFAULT_CHANNELS,
+        backbone_weights: str | Path | None = None,
+        audio_weights: str | Path | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.channels = channels
+        self.backbone = Backbone(backbone, until="layer4", weights=backbone_weights, use_cache=use_cache)
+        self.audio = AudioNet(weights=audio_weights)
+        c = channels
+        ch = self.backbone.channels
+        new = nn.ModuleDict({
+            "proj3": nn.Conv2d(ch["layer2"], c, 1),
+            "proj4": nn.Conv2d(ch["layer3"], c, 1),
+            "proj5": nn.Conv2d(ch["layer4"], c, 1),
+            "gate": AttentionGate(c),
+            "audio_mask": AudioMask(self.audio.out_dim, ch["layer4"], c),
+            "temporal": nn.Conv3d(c, 1, kernel_size=(FRAMES, 1, 1), padding=(1, 0, 0)),
+            "fuse": nn.Conv2d(3 * c, c, 1),
+            "dec4": nn.Conv2d(2 * c, c, 3, padding=1),
+            "dec3": nn.Conv2d(2 * c, c, 3, padding=1),
+            "dec2": nn.Conv2d(2 * c, c, 3, padding=1),
+            "side4": nn.Conv2d(c, 1, 1),
+            "side3": nn.Conv2d(c, 1, 1),
+            "side2": nn.Conv2d(c, 1, 1),
+        })
+        init_new_layers(new)  # only the layers the method adds; pretrained weights stay as loaded
+        self.new = new
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def weight_sources(self) -> dict[str, str]:
+        return {"backbone": self.backbone.source, "audio": self.audio.source}
+
+    def describe(self) -> dict[str, Any]:
+        """What is needed to rebuild this architecture (stored in checkpoints)."""
+        return {"model": "sta", "backbone": self.backbone_name, "channels": self.channels}
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.audio]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 5 or frames.shape[1] != FRAMES:
+            raise ValueError(f"frames must be [B, 3, 3, H, W], got {tuple(frames.shape)}")
+        if audio.dim() == 4:
+            audio = audio.unsqueeze(2)
+        b, _, _, h_in, w_in = frames.shape
+        n = self.new
+        feats = self.backbone.forward_stages(frames.flatten(0, 1))  # [3B, ...], frame-major per item
+        x0 = n["proj3"](feats["layer2"])
+        x1 = n["proj4"](feats["layer3"])
+        x = n["proj5"](feats["layer4"])
+        h5, w5 = x.shape[-2:]
+
+        emb = self.audio(audio.flatten(0, 1).to(frames.dtype))
+        a_mask = n["audio_mask"](emb, (h5, w5))  # [3B, 1, h5, w5]
+
+        per_frame = x.view(b, FRAMES, *x.shape[1:])  # [B, 3, C, h, w]
+        stacked = torch.stack([per_frame[:, k] for k in range(FRAMES)], dim=2)  # [B, C, 3, h, w]
+        t_mask = torch.sigmoid(n["temporal"](stacked))  # [B, 1, 3, h, w]
+        t_mask = t_mask.permute(0, 2, 1, 3, 4).reshape(b * FRAMES, 1, h5, w5)  # frame-major like x
+
+        fused = n["fuse"](torch.cat([
+            F.relu(x + n["gate"](x)),
+            F.relu(x + t_mask),
+            F.relu(x + x * a_mask),
+        ], dim=1))
+        r4 = F.relu(n["dec4"](torch.cat([fused, x], dim=1)))
+        up4 = F.interpolate(r4, size=x1.shape[-2:], mode="bilinear", align_corners=False)
+        r3 = F.relu(n["dec3"](torch.cat([up4, x1], dim=1)))
+        up3 = F.interpolate(r3, size=x0.shape[-2:], mode="bilinear", align_corners=False)
+        r2 = F.relu(n["dec2"](torch.cat([up3, x0], dim=1)))
+        sides = [
+            F.interpolate(n[name](r), size=(h_in, w_in), mode="bilinear", align_corners=False)
+            for name, r in (("side4", r4), ("side3", r3), ("side2", r2))
+        ]
+        out = torch.cat(sides, dim=1)  # [3B, 3 sides, H, W]
+        return out.view(b, FRAMES, len(sides), h_in, w_in)
+
+    @torch.no_grad()
+    def saliency(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Saliency of the centre frame in [0, 1]: [B, H, W]."""
+        return torch.sigmoid(self.forward(frames, audio)[:, CENTRE, FINEST].float())
+
+
+def sta_param_groups(model: STA) -> list[dict[str, Any]]:
+    """SPEC §3 groups (backbone and audio net ×1/×2, new layers ×10/×20), as for the branches."""
+    return param_groups(model)  # type: ignore[arg-type]  # duck-typed: needs pretrained_modules()
+
+
+def build_sta(meta: dict[str, Any]) -> STA:
+    """Rebuild the architecture from :meth:`STA.describe` (no pretrained weights are read)."""
+    return STA(backbone=meta["backbone"], channels=int(meta["channels"]), use_cache=False)

@@ -1,0 +1,113 @@
+"""Saliency overlay videos: a JET heat map blended over every frame, original audio kept.
+
+Frames are streamed decoder → numpy → encoder (two ffmpeg processes, one frame in memory at a
+time), so long clips cost no memory. Each decoded frame i (constant rate ``fps``, timestamp i/fps)
+gets the map of its second ``floor(i/fps)`` (clamped to the last predicted second): STA predicts
+one map per second (SPEC §6), and holding it for the whole second avoids inventing motion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sta_models.ffmpeg_tools import ffmpeg_exe, ffprobe_exe
+
+
+class OverlayError(RuntimeError):
+    """ffmpeg could not decode the source or encode the overlay (one-line reason)."""
+
+
+def probe(path: Path) -> dict:
+    """ffprobe's JSON (format and streams) for ``path``."""
+    proc = subprocess.run(
+        [ffprobe_exe(), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise OverlayError(f"ffprobe failed on {path}: {_last_line(proc.stderr)}")
+    return json.loads(proc.stdout)
+
+
+def video_geometry(path: Path) -> tuple[int, int, float]:
+    """(width, height, fps) of the first video stream."""
+    info = probe(path)
+    for stream in info.get("streams", []):
+        if stream.get("codec_type") == "video":
+            num, _, den = str(stream.get("avg_frame_rate") or stream.get("r_frame_rate", "0/1")).partition("/")
+            fps = float(num) / float(den or 1) if float(den or 1) else 0.0
+            if fps <= 0:
+                num, _, den = str(stream.get("r_frame_rate", "25/1")).partition("/")
+                fps = float(num) / float(den or 1)
+            return int(stream["width"]), int(stream["height"]), fps
+    raise OverlayError(f"{path} has no video stream")
+
+
+def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a JET heat map of ``saliency`` (float [0,1] any size) over an RGB uint8 ``frame``."""
+    h, w = frame.shape[:2]
+    sal = saliency if saliency.shape == (h, w) else cv2.resize(saliency, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.clip(sal * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(frame, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.5, crf: int = 23) -> Path:
+    """Write ``out`` (H.264 yuv420p + the source's audio as AAC) with ``maps`` [T, h, w] in [0,1]."""
+    if maps.ndim != 3 or len(maps) == 0:
+        raise ValueError("maps must be [T, H, W] with T >= 1")
+    width, height, fps = video_geometry(video)
+    frame_bytes = width * height * 3
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    decode = [ffmpeg_exe(), "-v", "error", "-i", str(video), "-map", "0:v:0", "-r", f"{fps:.6f}",
+              "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    encode = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+              "-r", f"{fps:.6f}", "-i", "pipe:0", "-i", str(video), "-map", "0:v", "-map", "1:a?",
+              "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
+              "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+              "-movflags", "+faststart", str(tmp)]
+    with tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
+        dec = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=dec_err)
+        enc = subprocess.Popen(encode, stdin=subprocess.PIPE, stderr=enc_err)
+        assert dec.stdout is not None and enc.stdin is not None
+        i = 0
+        try:
+            while True:
+                buf = dec.stdout.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                frame = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+                k = min(int(i / fps), len(maps) - 1)
+                enc.stdin.write(heat_overlay(frame, maps[k].astype(np.float32), alpha).tobytes())
+                i += 1
+        except BrokenPipeError:
+            pass  # the encoder died; its exit status and stderr explain why
+        finally:
+            dec.stdout.close()
+            dec_rc = dec.wait()
+            with contextlib.suppress(BrokenPipeError):
+                enc.stdin.close()
+            enc_rc = enc.wait()
+        if dec_rc != 0 or i == 0:
+            dec_err.seek(0)
+            tmp.unlink(missing_ok=True)
+            raise OverlayError(f"cannot decode {video}: {_last_line(dec_err.read().decode(errors='replace'))}")
+        if enc_rc != 0:
+            enc_err.seek(0)
+            tmp.unlink(missing_ok=True)
+            raise OverlayError(f"ffmpeg could not encode {out}: {_last_line(enc_err.read().decode(errors='replace'))}")
+    tmp.replace(out)
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no details"

@@ -1,0 +1,146 @@
+"""Training one classifier branch (S, SA or ST) for one stage: SPEC §3 on top of ``trainer.fit``.
+
+:class:`BranchTask` is the branch's :class:`~sta_models.trainer.TrainTask`; :func:`train_branch`
+runs it and writes ``record.json`` next to ``last.pt``/``best.pt`` (weights used or random init,
+excluded samples, final metrics) so a stage's output says what it was trained from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sta_models.callbacks import NO_CALLBACKS, Callbacks
+from sta_models.config import TrainConfig
+from sta_models.datasets import FeatureDataset, prepare_batch
+from sta_models.networks.branches import (
+    NUM_CLASSES,
+    BranchNet,
+    branch_loss,
+    build_branch,
+    param_groups,
+    run_branch,
+)
+from sta_models.trainer import TrainResult, fit
+
+
+def model_meta(branch: str, cfg: TrainConfig, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild the network (``cams.load_branch`` reads it)."""
+    return {"task": "branch", "branch": branch, "backbone": cfg.backbone, "num_classes": num_classes,
+            "input_size": cfg.input_size}
+
+
+class BranchTask:
+    """The ``TrainTask`` of one branch: model, four param groups, datasets, SPEC §3 losses.
+
+    Validation: CE loss as in training, top-1 accuracy of the frame prediction
+    (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy.
+    """
+
+    def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
+                 cfg: TrainConfig, *, num_classes: int = NUM_CLASSES, use_cache: bool = True) -> None:
+        self.branch, self.cfg, self.num_classes, self.use_cache = branch, cfg, num_classes, use_cache
+        self.train_ds = FeatureDataset(splits["train"], feature_dir, branch, cfg.input_size, train=True)
+        val_rows = splits.get("val") or []
+        self.val_ds = FeatureDataset(val_rows, feature_dir, branch, cfg.input_size, train=False)
+        self.weights: dict[str, str] = {}
+
+    def build_model(self) -> nn.Module:
+        model = build_branch(self.branch, self.cfg.backbone, num_classes=self.num_classes,
+                             backbone_weights=self.cfg.backbone_weights,
+                             audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
+        self.weights = model.weights_record()
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return param_groups(model)  # type: ignore[arg-type]
+
+    def train_dataset(self) -> FeatureDataset:
+        return self.train_ds
+
+    def val_dataset(self) -> FeatureDataset | None:
+        return self.val_ds if len(self.val_ds) else None
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
+        batch = prepare_batch(batch, device)
+        out = run_branch(model, batch)  # type: ignore[arg-type]
+        return branch_loss(out, batch["label"], self.branch), int(batch["label"].shape[0])
+
+    def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        loss_sum, correct, n = 0.0, 0, 0
+        for raw in loader:
+            batch = prepare_batch(raw, device)
+            out = run_branch(model, batch)  # type: ignore[arg-type]
+            b = int(batch["label"].shape[0])
+            loss_sum += float(branch_loss(out, batch["label"], self.branch)) * b
+            correct += int((out.prediction().argmax(1) == batch["label"]).sum())
+            n += b
+        acc = correct / max(n, 1)
+        return {"val_loss": loss_sum / max(n, 1), "val_accuracy": acc, "score": acc}
+
+    def meta(self) -> dict[str, Any]:
+        return model_meta(self.branch, self.cfg, self.num_classes)
+
+    def exclusions(self) -> dict[str, dict[str, int]]:
+        return {"train": self.train_ds.exclusions(), "val": self.val_ds.exclusions()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train_branch(branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
+                 out_dir: str | Path, cfg: TrainConfig, callbacks: Callbacks = NO_CALLBACKS,
+                 resume: bool = True, *, use_cache: bool = True) -> TrainResult:
+    """Train S, SA or ST (SPEC §3); writes last.pt, best.pt and record.json in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = BranchTask(branch, splits, feature_dir, cfg, use_cache=use_cache)
+    excluded = task.exclusions()
+    for split, counts in excluded.items():
+        if counts:
+            callbacks.log(f"{branch} {split}: excluded {counts}")
+    callbacks.log(f"{branch}: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
+    result = fit(task, cfg, out_dir, callbacks, resume=resume)
+    record = {
+        "branch": branch,
+        "config": cfg.model_dump(),
+        "weights": task.weights,
+        "samples": {"train": len(task.train_ds), "val": len(task.val_ds)},
+        "excluded": excluded,
+        "epochs_done": result.epochs_done,
+        "resumed_from_epoch": result.resumed_from,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_score,
+        "selection": "val top-1 accuracy" if len(task.val_ds) else "no validation samples: best = last",
+        "final_metrics": result.final_metrics(),
+        "history": result.history,
+        "device": result.device,
+        "last_checkpoint": result.last_checkpoint.name,
+        "best_checkpoint": result.best_checkpoint.name,
+    }
+    _write_json(out_dir / "record.json", record)
+    result.record = record
+    return result
+
+
+def load_branch(checkpoint: str | Path | Mapping[str, Any], device: torch.device | str = "cpu") -> BranchNet:
+    """Rebuild a branch from a ``best.pt``/``last.pt`` (random-init trunk, then the saved tensors)."""
+    from sta_models.trainer import load_checkpoint
+
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    if meta.get("task") != "branch":
+        raise ValueError(f"checkpoint holds a {meta.get('task')!r} model, not a classifier branch")
+    model = build_branch(meta["branch"], meta["backbone"], num_classes=meta["num_classes"], use_cache=False)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()

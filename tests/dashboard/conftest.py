@@ -1,0 +1,232 @@
+"""Fixtures for the dashboard tests: settings in a temp home, a migrated database (SQLite, and
+PostgreSQL for the API tests), a Flask test client logged in or not, and builders for rows.
+
+Celery is never touched: the orchestration's dispatcher is replaced by a recorder, so "enqueued"
+means "a message would have been sent".
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
+from db.session import make_engine
+from worker.settings import Settings
+
+TOKEN = "test-token-0123456789"
+PG_ADMIN_URL = os.environ.get("STAPIPE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_available() -> bool:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not _pg_available():
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    name = f"stapipe_dash_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    from db.migrate import upgrade
+
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        from db.session import get_engine
+
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _truncate_pg(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE pipelines, stages, extraction_items, epoch_metrics, artefacts "
+                          "RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database the test runs on; API tests re-parametrize with ``postgres``."""
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+        _truncate_pg(url)
+        return url
+    url = f"sqlite:///{tmp_path / 'home' / 'stapipe.db'}"
+    from db.migrate import upgrade
+
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    home = tmp_path / "home"
+    (home / "data" / "ave-synth").mkdir(parents=True, exist_ok=True)
+    (home / "artefacts").mkdir(exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    return Settings(home=home, database_url=db_url, dashboard_password=TOKEN, secret_key="s" * 64)
+
+
+@dataclass
+class Sent:
+    """Messages the orchestration would have sent to Celery."""
+
+    messages: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+    def __call__(self, what: str, obj_id: int, queue: str, token: str) -> None:
+        self.messages.append((what, obj_id, queue, token))
+
+
+@pytest.fixture
+def sent() -> Iterator[Sent]:
+    from worker import orchestration
+
+    recorder = Sent()
+    old = orchestration.set_dispatcher(recorder)
+    yield recorder
+    orchestration.set_dispatcher(old)
+
+
+@pytest.fixture
+def app(settings: Settings, sent: Sent) -> Iterator[Flask]:
+    from dashboard.app import create_app
+
+    app = create_app(settings, testing=True)
+    yield app
+    from db.session import get_engine
+
+    get_engine(settings.db_url).dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Not logged in."""
+    return app.test_client()
+
+
+def login(client: FlaskClient, password: str = TOKEN) -> Any:
+    client.get("/login")
+    with client.session_transaction() as sess:
+        csrf = sess["csrf"]
+    return client.post("/login", data={"password": password, "csrf_token": csrf, "next": "/"})
+
+
+def csrf_of(client: FlaskClient) -> str:
+    with client.session_transaction() as sess:
+        return sess["csrf"]
+
+
+@pytest.fixture
+def browser_client(client: FlaskClient) -> FlaskClient:
+    """Logged in through the form (session cookie)."""
+    response = login(client)
+    assert response.status_code == 302
+    return client
+
+
+@pytest.fixture
+def api(client: FlaskClient) -> FlaskClient:
+    """Sends the bearer token with every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
+@pytest.fixture
+def session(app: Flask) -> Iterator[Session]:
+    s = app.extensions["stapipe_db"]()
+    yield s
+    s.close()
+
+
+KINDS = ("extract", "train_s_coarse", "train_sa_coarse", "train_st_coarse", "cams_coarse", "crops",
+         "train_s_fine", "train_sa_fine", "train_st_fine", "cams_fine", "pseudo_gt", "train_sta", "evaluate")
+
+
+def make_pipeline(session: Session, settings: Settings, *, name: str = "p", statuses: dict[str, str] | None = None,
+                  created: datetime | None = None, epochs: dict[str, int] | None = None) -> Pipeline:
+    """A pipeline with its 13 stages written directly (no orchestration), for read-side tests."""
+    from worker.stages import SPECS
+
+    created = created or datetime.now(UTC)
+    p = Pipeline(name=name, dataset_root=str(settings.data_dir / "ave-synth"), config={"preset": "tiny"},
+                 status="running", created_at=created, started_at=created, submitted_by="test")
+    session.add(p)
+    session.flush()
+    statuses = statuses or {}
+    for i, kind in enumerate(KINDS):
+        st = statuses.get(kind, "pending")
+        s = Stage(pipeline_id=p.id, kind=kind, position=i, status=st, queue=SPECS[kind].queue,
+                  depends_on=list(SPECS[kind].depends_on), attempts=1 if st != "pending" else 0,
+                  started_at=created if st != "pending" else None,
+                  finished_at=created + timedelta(seconds=90) if st in ("succeeded", "failed") else None,
+                  log_path=str(settings.log_dir / str(p.id) / f"{kind}.log"),
+                  output_dir=str(settings.artefact_dir / str(p.id) / kind))
+        session.add(s)
+    session.flush()
+    for kind, n in (epochs or {}).items():
+        stage = next(s for s in p.stages if s.kind == kind)
+        add_epochs(session, stage, 1, n)
+    session.commit()
+    return p
+
+
+def add_epochs(session: Session, stage: Stage, first: int, last: int) -> None:
+    for e in range(first, last + 1):
+        session.add(EpochMetric(stage_id=stage.id, epoch=e, train_loss=1.0 / e, val_loss=1.2 / e,
+                                val_accuracy=min(1.0, 0.1 * e), lr=0.01, seconds=1.5,
+                                extra={"cc": 0.1 * e, "note": "x"}))
+    session.commit()
+
+
+def stage_of(p: Pipeline, kind: str) -> Stage:
+    return next(s for s in p.stages if s.kind == kind)
+
+
+def add_artefact(session: Session, settings: Settings, stage: Stage, rel: str, data: bytes, kind: str = "preview"
+                 ) -> Artefact:
+    path = settings.artefact_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    a = Artefact(stage_id=stage.id, kind=kind, path=str(path), size=len(data), sha256="0" * 64)
+    session.add(a)
+    session.commit()
+    return a
+
+
+def add_item(session: Session, stage: Stage, video_id: str, status: str, reason: str | None = None) -> None:
+    session.add(ExtractionItem(stage_id=stage.id, pipeline_id=stage.pipeline_id, video_id=video_id,
+                               status=status, reason=reason))
+    session.commit()

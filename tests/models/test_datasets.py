@@ -1,0 +1,114 @@
+"""Datasets over feature files: sample lists, exclusions, ST clamping, jitter, handle cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import torch
+
+from sta_models import datasets as D
+from sta_models.datasets import FeatureDataset, color_jitter, feature_path, prepare_batch
+
+from .conftest import make_row, write_features
+
+
+def _stored(path: Path, k: int) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["frames"][k]
+
+
+def test_s_items_are_resized_uint8_without_augmentation_at_eval(tmp_path: Path) -> None:
+    write_features(tmp_path / "a.h5", 1, seconds=5)
+    ds = FeatureDataset([make_row("a", 1, 1, 4)], tmp_path, "s", 32)
+    assert ds.samples == [(0, 1), (0, 2), (0, 3)]
+    item = ds[1]
+    assert item["image"].dtype == torch.uint8 and tuple(item["image"].shape) == (3, 32, 32)
+    assert (item["label"], item["second"], item["row"]) == (1, 2, 0)
+    expected = cv2.resize(_stored(tmp_path / "a.h5", 2), (32, 32), interpolation=cv2.INTER_AREA)
+    assert torch.equal(item["image"], torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.equal(ds[(1, 999)]["image"], item["image"])  # train=False: seeds never augment
+    D.close_handles()
+
+
+def test_train_jitter_is_per_sample_and_seeded(tmp_path: Path) -> None:
+    write_features(tmp_path / "a.h5", 0, seconds=4)
+    ds = FeatureDataset([make_row("a", 0, 0, 4)], tmp_path, "st", 32, train=True)
+    plain = ds[1]["frames"]
+    j1, j2, j3 = ds[(1, 7)]["frames"], ds[(1, 7)]["frames"], ds[(1, 8)]["frames"]
+    assert torch.equal(j1, j2) and not torch.equal(j1, j3) and not torch.equal(j1, plain)
+    # one draw for all frames: the jitter of a stack equals the jitter of each frame alone
+    for k in range(3):
+        assert torch.equal(j1[k], color_jitter(plain[k : k + 1], 7)[0])
+    D.close_handles()
+
+
+def test_sa_excludes_silent_seconds_and_pairs_audio(tmp_path: Path) -> None:
+    write_features(tmp_path / "a.h5", 2, seconds=5, invalid_audio=(1, 3))
+    ds = FeatureDataset([make_row("a", 2, 0, 5)], tmp_path, "sa", 32)
+    assert [k for _, k in ds.samples] == [0, 2, 4]
+    assert ds.exclusions() == {"audio_invalid_samples": 2}
+    item = ds[1]
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert np.array_equal(item["audio"][0].numpy(), f["audio"][2])
+    assert tuple(item["audio"].shape) == (1, 81, 199) and item["audio"].dtype == torch.float32
+    keep = FeatureDataset([make_row("a", 2, 0, 5)], tmp_path, "sa", 32, skip_invalid_audio=False)
+    assert len(keep) == 5 and keep.exclusions() == {}
+    D.close_handles()
+
+
+def test_st_clamps_to_event_and_skips_short_rows(tmp_path: Path) -> None:
+    write_features(tmp_path / "a.h5", 0, seconds=6, seed=3)
+    rows = [make_row("a", 0, 1, 5), make_row("a", 1, 0, 2)]  # the second row: 2 s event
+    ds = FeatureDataset(rows, tmp_path, "st", 48, with_audio=True)
+    assert ds.exclusions() == {"short_event_rows": 1}
+    assert [ds.seconds_for(i) for i in range(len(ds))] == [[1, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
+    item = ds[0]
+    assert tuple(item["frames"].shape) == (3, 3, 48, 48)
+    for j, k in enumerate([1, 1, 2]):  # image and audio of each neighbour from the same second
+        assert torch.equal(item["frames"][j], torch.from_numpy(_stored(tmp_path / "a.h5", k)).permute(2, 0, 1))
+        with h5py.File(tmp_path / "a.h5", "r") as f:
+            assert np.array_equal(item["audios"][j, 0].numpy(), f["audio"][k])
+    D.close_handles()
+
+
+def test_rows_past_the_file_and_missing_files_are_counted(tmp_path: Path) -> None:
+    write_features(tmp_path / "a.h5", 0, seconds=3)
+    ds = FeatureDataset([make_row("a", 0, 1, 5), make_row("zz", 0, 0, 4)], tmp_path, "s", 32)
+    assert [k for _, k in ds.samples] == [1, 2]
+    assert ds.exclusions() == {"missing_file_rows": 1, "missing_seconds": 2}
+
+
+def test_per_row_crop_file_wins_over_video_file(tmp_path: Path) -> None:
+    row = make_row("vid", 4, 0, 3)
+    write_features(tmp_path / "vid.h5", 4, seconds=3, seed=1)
+    assert feature_path(tmp_path, row) == tmp_path / "vid.h5"
+    write_features(tmp_path / "vid.c04.h5", 4, seconds=3, seed=2)
+    assert feature_path(tmp_path, row) == tmp_path / "vid.c04.h5"
+    ds = FeatureDataset([row], tmp_path, "s", 48)
+    assert torch.equal(ds[0]["image"], torch.from_numpy(_stored(tmp_path / "vid.c04.h5", 0)).permute(2, 0, 1))
+    D.close_handles()
+
+
+def test_files_are_opened_once_per_process(tmp_path: Path, monkeypatch) -> None:
+    for v in ("a", "b"):
+        write_features(tmp_path / f"{v}.h5", 0, seconds=4)
+    ds = FeatureDataset([make_row("a", 0, 0, 4), make_row("b", 0, 0, 4)], tmp_path, "sa", 32)
+    opened: list[str] = []
+    real = h5py.File
+    monkeypatch.setattr(D.h5py, "File", lambda p, *a, **k: opened.append(str(p)) or real(p, *a, **k))
+    for i in range(len(ds)):
+        ds[i]
+    assert sorted(opened) == [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]
+    D.close_handles()
+
+
+def test_prepare_batch_normalises_on_device() -> None:
+    batch = {"image": torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), "label": torch.tensor([1, 2])}
+    out = prepare_batch(batch, torch.device("cpu"))
+    expected = (1.0 - torch.tensor(D.IMAGENET_MEAN)) / torch.tensor(D.IMAGENET_STD)
+    assert out["image"].dtype == torch.float32
+    assert torch.allclose(out["image"][0, :, 0, 0], expected)
+    assert torch.equal(out["label"], batch["label"])

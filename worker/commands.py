@@ -1,0 +1,238 @@
+"""``stapipe worker | db upgrade | up | run | demo`` — the job system's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run a Celery worker (queues cpu and/or gpu)")
+    p.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu, gpu (default both)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="pool processes (default: 1 for a gpu-only worker, else the CPU count)")
+    p.add_argument("--hostname", default=None, help="unique worker name, e.g. gpu0@%%h (default <queues>@%%h)")
+    p.add_argument("--max-tasks-per-child", type=int, default=None,
+                   help="recycle pool processes (default: 1 for a gpu-only worker: fresh CUDA context per stage)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
+    up.add_argument("--url", default=None, help="database URL (default: from STAPIPE_DATABASE_URL)")
+    up.set_defaults(func=cmd_db_upgrade)
+    cur = dbsub.add_parser("current", help="print the database's migration revision")
+    cur.add_argument("--url", default=None)
+    cur.set_defaults(func=cmd_db_current)
+
+    p = sub.add_parser("up", help="embedded stack: migrations, worker process(es) and the dashboard")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--no-dashboard", action="store_true")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("run", help="submit a full pipeline and follow it in the terminal")
+    _pipeline_args(p, default_preset="tiny")
+    p.add_argument("--dataset", required=True, type=Path, help="AVE-layout dataset folder")
+    p.add_argument("--workers", type=int, default=0,
+                   help="start this many local worker processes for the run (0: use running workers)")
+    p.add_argument("--no-follow", action="store_true", help="print the pipeline id and return")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="synthetic dataset + embedded stack + full pipeline + evaluation table")
+    _pipeline_args(p, default_preset="demo")
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--videos-per-class", type=int, default=8)
+    p.add_argument("--seconds", type=int, default=6)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--no-dashboard", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def _pipeline_args(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--preset", default=default_preset, choices=("tiny", "demo", "paper"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (JSON value; '*' matches every branch: coarse.*.epochs=1)")
+    p.add_argument("--name", default=None)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``coarse.sa.epochs=1`` / ``sta.lr=0.01`` / ``coarse.*.epochs=1`` into a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        path, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        keys = path.split(".")
+        targets = [config]
+        for key in keys[:-1]:
+            nxt = []
+            for t in targets:
+                if key == "*":
+                    nxt += [v for v in t.values() if isinstance(v, dict)]
+                elif isinstance(t.get(key), dict):
+                    nxt.append(t[key])
+                else:
+                    raise SystemExit(f"--set {item!r}: no section {key!r}")
+            targets = nxt
+        for t in targets:
+            if keys[-1] not in t:
+                raise SystemExit(f"--set {item!r}: unknown key {keys[-1]!r}")
+            t[keys[-1]] = value
+    return config
+
+
+def build_config(preset_name: str, overrides: list[str]) -> Any:
+    from pydantic import ValidationError
+
+    from sta_models.config import PipelineConfig, preset
+
+    cfg = apply_overrides(preset(preset_name).model_dump(mode="json"), overrides)
+    try:
+        return PipelineConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise SystemExit(f"invalid configuration:\n{exc}") from exc
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    bad = set(queues) - {"cpu", "gpu"}
+    if bad or not queues:
+        print(f"unknown queue(s): {', '.join(sorted(bad)) or '(none)'}; use cpu and/or gpu", file=sys.stderr)
+        return 2
+    gpu_only = queues == ["gpu"]
+    concurrency = args.concurrency or (1 if gpu_only else None)
+    per_child = args.max_tasks_per_child if args.max_tasks_per_child is not None else (1 if gpu_only else 0)
+    hostname = args.hostname or f"{'-'.join(queues)}@{socket.gethostname()}"
+    upgrade(settings.db_url)
+    from worker.celery_app import app
+
+    argv = ["worker", "-Q", ",".join(queues), "-n", hostname, "-P", "prefork", "--loglevel", args.loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if per_child:
+        argv += ["--max-tasks-per-child", str(per_child)]
+    app.worker_main(argv=argv)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from db.migrate import current, upgrade
+
+    upgrade(args.url)
+    print(f"database at revision {current(args.url)}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from db.migrate import current
+
+    print(current(args.url) or "(empty)")
+    return 0
+
+
+def _announce(settings: Any) -> None:
+    from worker.embedded import login_hint, wait_for_port
+
+    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    ok = wait_for_port(settings.dashboard_host, settings.dashboard_port, timeout=60)
+    print(f"dashboard: {url}" + ("" if ok else " (not answering yet)"), flush=True)
+    print(login_hint(settings), flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+    from worker.embedded import local_stack
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.db_url)
+    print(f"database: {settings.db_url}\nbroker: {settings.broker}", flush=True)
+    with local_stack(settings, workers=args.workers, dashboard=not args.no_dashboard,
+                     concurrency=args.concurrency) as stack:
+        if not args.no_dashboard:
+            _announce(settings)
+        print(f"{args.workers} worker process(es) running; logs in {stack.log_dir}; Ctrl-C stops everything",
+              flush=True)
+        while not stack.dead():
+            time.sleep(1)
+        print(f"stopped: {', '.join(stack.dead())} exited", file=sys.stderr)
+    return 1
+
+
+def _submit(settings: Any, dataset: Path, preset_name: str, overrides: list[str], name: str | None) -> int:
+    import getpass
+
+    from db.migrate import upgrade
+    from db.session import session_scope
+    from worker.orchestration import submit_pipeline
+
+    cfg = build_config(preset_name, overrides)
+    upgrade(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        p = submit_pipeline(session, name=name or f"{dataset.name}-{preset_name}", dataset_root=dataset,
+                            config=cfg, submitted_by=f"cli:{getpass.getuser()}")
+        reused = [s.kind for s in p.stages if s.reused_from_id]
+        print(f"submitted pipeline {p.id} ({p.name}, preset {preset_name})", flush=True)
+        if reused:
+            print(f"reusing unchanged stages: {', '.join(reused)}", flush=True)
+        return p.id
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.embedded import local_stack
+    from worker.follow import follow
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    dataset = args.dataset.expanduser().resolve()
+    if not dataset.is_dir():
+        print(f"{dataset}: not a folder", file=sys.stderr)
+        return 2
+    pid = _submit(settings, dataset, args.preset, args.overrides, args.name)
+    if args.no_follow:
+        return 0
+    with local_stack(settings, workers=args.workers, dashboard=False) as stack:
+        state = follow(settings.db_url, pid, sys.stdout,
+                       alive=(lambda: not stack.dead()) if args.workers else None)
+    return 0 if state == "succeeded" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sta_models.synth import generate
+    from worker.embedded import local_stack
+    from worker.follow import follow
+    from worker.report import evaluation_table
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    dataset = settings.data_dir / f"synthetic-{args.classes}x{args.videos_per_class}x{args.seconds}s"
+    if not (dataset / "Annotations.txt").is_file():
+        print(f"generating a synthetic dataset in {dataset} ...", flush=True)
+        generate(dataset, classes=args.classes, videos_per_class=args.videos_per_class, seconds=args.seconds)
+    with local_stack(settings, workers=args.workers, dashboard=not args.no_dashboard,
+                     concurrency=args.concurrency) as stack:
+        pid = _submit(settings, dataset, args.preset, args.overrides, args.name or f"demo-{args.preset}")
+        if not args.no_dashboard:
+            _announce(settings)
+        state = follow(settings.db_url, pid, sys.stdout, alive=lambda: not stack.dead())
+    print(evaluation_table(settings.db_url, pid))
+    return 0 if state == "succeeded" else 1

@@ -1,0 +1,28 @@
+"""The evaluation table printed at the end of ``stapipe demo`` (from the evaluate stage's summary)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from db.models import Stage
+from db.session import session_scope
+
+COLUMNS = (("cc", "CC"), ("nss", "NSS"), ("sim", "SIM"), ("kld", "KLD"), ("auc_j", "AUC-J"), ("sauc", "s-AUC"))
+
+
+def evaluation_table(url: str, pipeline_id: int) -> str:
+    with session_scope(url) as s:
+        stage = s.scalars(select(Stage).where(Stage.pipeline_id == pipeline_id, Stage.kind == "evaluate")).one_or_none()
+        summary = dict(stage.summary or {}) if stage is not None else {}
+        status = stage.status if stage is not None else "missing"
+    metrics = summary.get("metrics")
+    if not metrics:
+        return f"no evaluation results (evaluate stage {status})"
+    head = f"{'method':<14}" + "".join(f"{label:>8}" for _, label in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for name, label in (("sta", "STA"), ("centre", "centre bias")):
+        row = metrics.get(name) or {}
+        lines.append(f"{label:<14}" + "".join(
+            f"{row[k]:>8.3f}" if isinstance(row.get(k), int | float) else f"{'-':>8}" for k, _ in COLUMNS))
+    lines.append("(KLD: lower is better; all others: higher is better)")
+    return "\n".join(lines)

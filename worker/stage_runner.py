@@ -1,0 +1,516 @@
+"""Running one stage inside a Celery task: claim, heartbeat, callbacks → DB, finish/fail/cancel.
+
+The task bodies in worker.tasks only call the library; everything about state lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import traceback as tb
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Artefact,
+    EpochMetric,
+    ExtractionItem,
+    ItemStatus,
+    Pipeline,
+    Stage,
+    StageStatus,
+    utcnow,
+)
+from db.session import session_scope
+from worker.logs import StageLog, stage_logging
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 10.0  # a running stage bumps updated_at this often
+REDELIVERY_STALE_S = 3 * HEARTBEAT_S  # a redelivered message may take over after this much silence
+CANCEL_POLL_S = 1.0  # cancel_requested reads the DB at most this often
+PROGRESS_MIN_S = 1.0  # progress writes at most this often
+
+
+class Superseded(Exception):
+    """The stage was taken over (recovered, cancelled or re-run) while this attempt ran."""
+
+
+class FanOut(Exception):
+    """Raised by a stage body that handed its work to other tasks (extract); the stage stays running."""
+
+
+def one_line(exc: BaseException, limit: int = 480) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# claim
+
+
+def claim_stage(session: Session, stage_id: int, token: str, host: str, max_attempts: int) -> Stage | None:
+    """Mark the stage running for this delivery (attempts + 1) or return ``None`` to drop it.
+
+    A message whose token no longer matches (stage re-queued, re-run or cancelled since) is a
+    stale duplicate. A redelivery of the *current* token while the stage is still running means the
+    worker that had it was lost: it takes over once the heartbeat has been silent for
+    ``REDELIVERY_STALE_S`` (a live attempt keeps beating, so a duplicate never runs in parallel).
+    """
+    deadline = time.monotonic() + REDELIVERY_STALE_S + 10
+    while True:
+        stage = session.scalars(
+            select(Stage).where(Stage.id == stage_id).execution_options(populate_existing=True)
+        ).one_or_none()
+        session.rollback()  # end the read transaction (SQLite: release the lock)
+        if stage is None or stage.celery_task_id != token:
+            return None
+        if stage.status == StageStatus.QUEUED:
+            break
+        if stage.status != StageStatus.RUNNING:
+            return None
+        silent = (utcnow() - _aware(stage.updated_at)).total_seconds()
+        if silent >= REDELIVERY_STALE_S:
+            break
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(2.0)
+    now = utcnow()
+    if stage.attempts - stage.attempts_base >= max_attempts:
+        reason = f"gave up after {stage.attempts - stage.attempts_base} attempts"
+        if stage.error_summary:
+            reason += f"; last: {stage.error_summary}"
+        res = session.execute(
+            update(Stage).where(Stage.id == stage_id, Stage.celery_task_id == token,
+                                Stage.status.in_([StageStatus.QUEUED, StageStatus.RUNNING]))
+            .values(status=StageStatus.FAILED, finished_at=now, updated_at=now, error_summary=reason[:500])
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if res.rowcount:
+            _after_final(session, stage.pipeline_id)
+        return None
+    res = session.execute(
+        update(Stage)
+        .where(Stage.id == stage_id, Stage.celery_task_id == token,
+               or_(Stage.status == StageStatus.QUEUED,
+                   and_(Stage.status == StageStatus.RUNNING,
+                        Stage.updated_at < now - timedelta(seconds=REDELIVERY_STALE_S))))
+        .values(status=StageStatus.RUNNING, attempts=Stage.attempts + 1, worker_host=host, started_at=now,
+                updated_at=now, finished_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return None
+    _refresh(session, stage.pipeline_id)
+    session.commit()
+    return session.get(Stage, stage_id, populate_existing=True)
+
+
+def _aware(dt):  # type: ignore[no-untyped-def]
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=utcnow().tzinfo)
+    return dt
+
+
+def _refresh(session: Session, pipeline_id: int) -> None:
+    from worker.orchestration import refresh_pipeline_status
+
+    pipeline = session.get(Pipeline, pipeline_id, populate_existing=True)
+    if pipeline is not None:
+        refresh_pipeline_status(session, pipeline)
+
+
+def _after_final(session: Session, pipeline_id: int) -> None:
+    """A stage reached a final state: advance the pipeline (enqueues dependants, updates status)."""
+    from worker.orchestration import advance
+
+    advance(session, pipeline_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# callbacks
+
+
+@dataclass
+class DbCallbacks:
+    """Builds a :class:`sta_models.callbacks.Callbacks` that writes to the stage's rows."""
+
+    url: str
+    stage_id: int
+    token: str
+    stage_log: StageLog
+    _last_cancel_check: float = 0.0
+    _cancel: bool = False
+    _last_progress: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def build(self):  # type: ignore[no-untyped-def]
+        from sta_models.callbacks import Callbacks
+
+        return Callbacks(epoch_end=self.epoch_end, progress=self.progress,
+                         cancel_requested=self.cancel_requested, message=self.message)
+
+    def epoch_end(self, m: Any) -> None:
+        """Upsert: a resumed or redelivered stage writes each epoch exactly once."""
+        values = m.as_dict() if hasattr(m, "as_dict") else dict(m)
+        values = {k: values.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds",
+                                             "samples_per_s", "extra")}
+        values["extra"] = _finite(values.get("extra") or {})
+        for k in ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"):
+            values[k] = _num(values[k])
+        with session_scope(self.url) as s:
+            upsert_epoch(s, self.stage_id, values)
+            s.execute(update(Stage).where(Stage.id == self.stage_id).values(updated_at=utcnow()))
+        self.message(
+            f"epoch {values['epoch']}: train_loss={values['train_loss']} val_loss={values['val_loss']} "
+            f"val_accuracy={values['val_accuracy']} lr={values['lr']}"
+        )
+
+    def progress(self, done: int, total: int, what: str = "") -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_progress < PROGRESS_MIN_S:
+            return
+        self._last_progress = now
+        with session_scope(self.url) as s:
+            s.execute(update(Stage).where(Stage.id == self.stage_id).values(
+                progress_done=int(done), progress_total=int(total), progress_what=(what or None) and what[:200],
+                updated_at=utcnow()))
+
+    def cancel_requested(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_cancel_check < CANCEL_POLL_S:
+            return self._cancel
+        self._last_cancel_check = now
+        with session_scope(self.url) as s:
+            row = s.execute(select(Stage.cancel_requested, Stage.celery_task_id, Stage.status)
+                            .where(Stage.id == self.stage_id)).one_or_none()
+        if row is None or row.celery_task_id != self.token or row.status != StageStatus.RUNNING:
+            raise Superseded("stage was taken over by another attempt")
+        self._cancel = bool(row.cancel_requested)
+        return self._cancel
+
+    def message(self, msg: str) -> None:
+        with self._lock:
+            self.stage_log.write(msg)
+
+
+def _num(v: Any) -> float | None:
+    import math
+
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[str(k)] = _num(v) if isinstance(v, int | float) else v
+    return out
+
+
+def upsert_epoch(session: Session, stage_id: int, values: dict[str, Any]) -> None:
+    """INSERT … ON CONFLICT (stage_id, epoch) DO UPDATE on both SQLite and PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(EpochMetric).values(stage_id=stage_id, created_at=utcnow(), **values)
+    updates = {k: stmt.excluded[k] for k in values if k != "epoch"}
+    session.execute(stmt.on_conflict_do_update(index_elements=["stage_id", "epoch"], set_=updates))
+
+
+class Heartbeat:
+    """Bumps ``stages.updated_at`` every ``HEARTBEAT_S`` while the attempt runs (liveness for
+    recover_stale and for redelivered messages); stops when the token is no longer ours."""
+
+    def __init__(self, url: str, stage_id: int, token: str) -> None:
+        self.url, self.stage_id, self.token = url, stage_id, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{stage_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                with session_scope(self.url) as s:
+                    s.execute(update(Stage).where(Stage.id == self.stage_id, Stage.celery_task_id == self.token,
+                                                  Stage.status == StageStatus.RUNNING).values(updated_at=utcnow()))
+            except Exception:  # a DB blip must not kill the training; the next beat retries
+                log.warning("heartbeat for stage %s failed", self.stage_id, exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# artefacts
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artefact_kind(stage_kind: str, path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext == ".pt":
+        return "checkpoint"
+    if ext == ".mp4":
+        return "video"
+    if ext in (".json", ".csv"):
+        return "metrics" if path.stem.startswith("metrics") else "report"
+    if ext == ".png":
+        return "prediction" if stage_kind == "evaluate" and "preview" not in path.parts else "preview"
+    if ext == ".log":
+        return "log"
+    if ext == ".h5":
+        return {"extract": "features", "crops": "crops", "pseudo_gt": "pseudo_gt"}.get(
+            stage_kind, "cams" if stage_kind.startswith("cams") else "data")
+    return "file"
+
+
+def record_artefact(session: Session, stage_id: int, stage_kind: str, path: Path) -> None:
+    """Upsert one artefact row (path, size, sha256) — idempotent across attempts."""
+    st = path.stat()
+    digest = sha256_file(path)
+    existing = session.scalars(select(Artefact).where(Artefact.stage_id == stage_id,
+                                                      Artefact.path == str(path))).one_or_none()
+    if existing is None:
+        session.add(Artefact(stage_id=stage_id, kind=artefact_kind(stage_kind, path), path=str(path),
+                             size=st.st_size, sha256=digest))
+    else:
+        existing.size, existing.sha256 = st.st_size, digest
+
+
+def record_folder(session: Session, stage_id: int, stage_kind: str, folder: Path) -> int:
+    """Record every file under ``folder`` (temporary ``*.tmp`` files excluded); drop rows of files
+    that are gone. Returns the number of files."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((".tmp", ".partial")))
+    keep = {str(p) for p in files}
+    for art in session.scalars(select(Artefact).where(Artefact.stage_id == stage_id)):
+        if art.path not in keep:
+            session.delete(art)
+    for p in files:
+        record_artefact(session, stage_id, stage_kind, p)
+    return len(files)
+
+
+# ---------------------------------------------------------------------------------------------
+# running a stage
+
+
+@dataclass
+class StageContext:
+    """What a stage body gets: its config, folders and callbacks (no DB access needed)."""
+
+    url: str
+    stage_id: int
+    pipeline_id: int
+    kind: str
+    token: str
+    host: str
+    config: Any  # sta_models.config.PipelineConfig
+    dataset_root: Path
+    output_dir: Path
+    dirs: dict[str, Path]  # output folder of every stage of the pipeline (a reused stage's source)
+    callbacks: Any
+    stage_log: StageLog
+    summary: dict[str, Any] = field(default_factory=dict)  # stored in stages.summary on success
+
+
+def execute_stage(
+    url: str, stage_id: int, token: str, host: str, max_attempts: int,
+    body: Callable[[StageContext], None],
+    before: Callable[[StageContext], None] | None = None,
+) -> str:
+    """Claim → run ``body`` with heartbeat, log file and DB callbacks → finish. Returns the outcome
+    ("dropped", "succeeded", "failed", "cancelled", "superseded", "fanout")."""
+    from sta_models.callbacks import Cancelled
+    from sta_models.config import PipelineConfig
+
+    with session_scope(url) as session:
+        stage = claim_stage(session, stage_id, token, host, max_attempts)
+        if stage is None:
+            log.info("stage %s: message %s dropped (stale or duplicate)", stage_id, token)
+            return "dropped"
+        pipeline = session.get(Pipeline, stage.pipeline_id)
+        assert pipeline is not None
+        dirs = {s.kind: Path(s.output_dir or "") for s in pipeline.stages}
+        cfg = PipelineConfig.model_validate(pipeline.config)
+        log_path = Path(stage.log_path or f"{stage.pipeline_id}-{stage.kind}.log")
+        kind, pipeline_id, attempt = stage.kind, stage.pipeline_id, stage.attempts
+        output_dir = Path(stage.output_dir or "")
+        dataset_root = Path(pipeline.dataset_root)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outcome = "failed"
+    with stage_logging(log_path) as stage_log:
+        stage_log.write(f"== {kind} attempt {attempt} on {host} (task {token}) ==")
+        cbs = DbCallbacks(url, stage_id, token, stage_log)
+        ctx = StageContext(url=url, stage_id=stage_id, pipeline_id=pipeline_id, kind=kind, token=token, host=host,
+                           config=cfg, dataset_root=dataset_root, output_dir=output_dir, dirs=dirs,
+                           callbacks=cbs.build(), stage_log=stage_log)
+        try:
+            with Heartbeat(url, stage_id, token):
+                if before is not None:
+                    before(ctx)
+                body(ctx)
+            outcome = _succeed(ctx)
+        except FanOut:
+            stage_log.write("fan-out: work handed to per-item tasks")
+            outcome = "fanout"
+        except Superseded:
+            stage_log.write("superseded by another attempt; stopping without changing the stage")
+            outcome = "superseded"
+        except Cancelled:
+            stage_log.write("cancelled on request (checkpoint saved by the library)")
+            outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
+        except BaseException as exc:  # noqa: BLE001 — everything becomes a recorded failure
+            trace = tb.format_exc()
+            stage_log.write(f"FAILED: {one_line(exc)}\n{trace}")
+            outcome = _set_final(ctx, StageStatus.FAILED, one_line(exc), trace)
+            if not isinstance(exc, Exception):
+                raise
+        stage_log.write(f"== {kind} attempt {attempt}: {outcome} ==")
+    return outcome
+
+
+def _succeed(ctx: StageContext) -> str:
+    with session_scope(ctx.url) as session:
+        n = record_folder(session, ctx.stage_id, ctx.kind, ctx.output_dir)
+        ctx.stage_log.write(f"recorded {n} artefacts")
+        session.flush()
+    return _set_final(ctx, StageStatus.SUCCEEDED, None, None, summary=ctx.summary)
+
+
+def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | None,
+               summary: dict[str, Any] | None = None) -> str:
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "error_summary": error,
+                              "traceback": trace, "cancel_requested": False}
+    if summary:
+        values["summary"] = summary
+    with session_scope(ctx.url) as session:
+        res = session.execute(
+            update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
+                                Stage.status == StageStatus.RUNNING)
+            .values(**values).execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if res.rowcount != 1:
+            return "superseded"
+        _after_final(session, ctx.pipeline_id)
+    return str(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction items
+
+
+def claim_item(session: Session, item_id: int, token: str, host: str) -> ExtractionItem | None:
+    item = session.get(ExtractionItem, item_id, populate_existing=True)
+    if item is None or item.celery_task_id != token or item.status not in (ItemStatus.QUEUED, ItemStatus.RUNNING):
+        session.rollback()
+        return None
+    if item.status == ItemStatus.RUNNING:  # redelivered after its worker died: wait for silence
+        silent = (utcnow() - _aware(item.updated_at)).total_seconds()
+        if silent < REDELIVERY_STALE_S:
+            session.rollback()
+            time.sleep(max(0.0, REDELIVERY_STALE_S - silent))
+            return claim_item(session, item_id, token, host)
+    res = session.execute(
+        update(ExtractionItem).where(ExtractionItem.id == item_id, ExtractionItem.celery_task_id == token,
+                                     ExtractionItem.status == item.status)
+        .values(status=ItemStatus.RUNNING, attempts=ExtractionItem.attempts + 1, worker_host=host,
+                updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if res.rowcount != 1:
+        return None
+    return session.get(ExtractionItem, item_id, populate_existing=True)
+
+
+def update_extract_progress(session: Session, stage_id: int) -> tuple[int, int, int]:
+    rows = dict(session.execute(select(ExtractionItem.status, func.count()).where(
+        ExtractionItem.stage_id == stage_id).group_by(ExtractionItem.status)).tuples().all())
+    done = rows.get(ItemStatus.SUCCEEDED, 0)
+    failed = rows.get(ItemStatus.FAILED, 0)
+    total = sum(rows.values())
+    session.execute(update(Stage).where(Stage.id == stage_id).values(
+        progress_done=done, progress_failed=failed, progress_total=total, progress_what="videos",
+        updated_at=utcnow()))
+    return done, failed, total
+
+
+def finish_extract_if_done(session: Session, stage_id: int) -> str | None:
+    """When every item is final, finish the extract stage: succeeded if at least
+    ``config.extract.min_success_fraction`` of the videos extracted, else failed. Idempotent."""
+    stage = session.get(Stage, stage_id, populate_existing=True)
+    if stage is None or stage.status != StageStatus.RUNNING:
+        session.rollback()
+        return None
+    open_items = session.scalar(select(func.count()).where(
+        ExtractionItem.stage_id == stage_id,
+        ExtractionItem.status.in_([ItemStatus.PENDING, ItemStatus.QUEUED, ItemStatus.RUNNING]))) or 0
+    if open_items:
+        session.rollback()
+        return None
+    done, failed, total = update_extract_progress(session, stage_id)
+    pipeline = session.get(Pipeline, stage.pipeline_id)
+    assert pipeline is not None
+    min_frac = float(pipeline.config.get("extract", {}).get("min_success_fraction", 0.9))
+    failures = {i.video_id: i.reason for i in session.scalars(select(ExtractionItem).where(
+        ExtractionItem.stage_id == stage_id, ExtractionItem.status == ItemStatus.FAILED))}
+    summary = {"videos": total, "extracted": done, "failed": failed, "failures": failures}
+    now = utcnow()
+    if stage.cancel_requested:
+        status, error = StageStatus.CANCELLED, "cancelled on request"
+    elif total and done / total >= min_frac:
+        status, error = StageStatus.SUCCEEDED, None
+    else:
+        status = StageStatus.FAILED
+        error = f"only {done}/{total} videos extracted (needs {min_frac:.0%})"
+    if status == StageStatus.SUCCEEDED and stage.output_dir:
+        log_file = Path(stage.output_dir) / "extraction.json"
+        import json
+
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text(json.dumps(summary, indent=1, sort_keys=True))
+        record_artefact(session, stage_id, "extract", log_file)
+    res = session.execute(
+        update(Stage).where(Stage.id == stage_id, Stage.status == StageStatus.RUNNING)
+        .values(status=status, finished_at=now, updated_at=now, error_summary=error, summary=summary,
+                cancel_requested=False)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if res.rowcount == 1:
+        if stage.log_path:
+            from worker.logs import append_line
+
+            append_line(stage.log_path, f"extraction finished: {done} ok, {failed} failed of {total} → {status}")
+        _after_final(session, stage.pipeline_id)
+        return str(status)
+    return None

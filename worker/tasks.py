@@ -1,0 +1,290 @@
+"""Celery tasks: thin wrappers that call the ``sta_models`` contract functions.
+
+State handling (claim, heartbeat, epochs, progress, cancel, artefacts, errors) is in
+worker.stage_runner; each body below only maps a stage to its library call. ``sta_models`` (and so
+torch) is imported inside the bodies: the Celery parent process must never initialise CUDA before
+it forks its pool children.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from celery import signals
+from sqlalchemy import select
+
+import worker.maintenance  # noqa: F401  (registers the recovery signals)
+from db.models import ExtractionItem, ItemStatus, Stage, StageStatus, utcnow
+from db.session import dispose_engines, session_scope
+from worker.celery_app import TASK_ITEM, TASK_STAGE, app
+from worker.faults import maybe_inject
+from worker.settings import get_settings
+from worker.stage_runner import (
+    FanOut,
+    StageContext,
+    execute_stage,
+    finish_extract_if_done,
+    one_line,
+    record_artefact,
+    update_extract_progress,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _host(task: Any) -> str:
+    return str(getattr(task.request, "hostname", None) or socket.gethostname())
+
+
+@signals.worker_process_init.connect
+def _fresh_child(**_: Any) -> None:
+    """Pool children must not share the parent's pooled DB connections."""
+    dispose_engines()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers for bodies
+
+
+def _dataset(ctx: StageContext) -> Any:
+    from sta_models.ave import load_dataset
+
+    return load_dataset(ctx.dataset_root, seed=ctx.config.split_seed)
+
+
+def _with_features(rows: list[Any], feature_dir: Path) -> list[Any]:
+    """Rows whose feature file exists (videos that failed extraction drop out here)."""
+    from sta_models.datasets import feature_path
+
+    return [r for r in rows if feature_path(feature_dir, r).exists()]
+
+
+def _splits(ctx: StageContext, feature_dir: Path) -> dict[str, list[Any]]:
+    ds = _dataset(ctx)
+    return {name: _with_features(getattr(ds, name), feature_dir) for name in ("train", "val", "test")}
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+    import json
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except (TypeError, ValueError):
+        return {"repr": repr(obj)[:2000]}
+
+
+# ---------------------------------------------------------------------------------------------
+# stage bodies
+
+
+def body_extract(ctx: StageContext) -> None:
+    """Fan out: one item row + one ``extract_item`` task per video; the last item finishes the stage."""
+    ds = _dataset(ctx)
+    for p in ds.problems:
+        ctx.callbacks.log(f"dataset problem: {p.path}:{p.line}: {p.reason}")
+    video_ids = sorted({r.video_id for r in ds.rows})
+    messages: list[tuple[int, str]] = []
+    with session_scope(ctx.url) as s:
+        have = {i.video_id: i for i in s.scalars(select(ExtractionItem).where(ExtractionItem.stage_id == ctx.stage_id))}
+        for vid in video_ids:
+            if vid not in have:
+                item = ExtractionItem(stage_id=ctx.stage_id, pipeline_id=ctx.pipeline_id, video_id=vid)
+                s.add(item)
+                have[vid] = item
+        s.flush()
+        for item in have.values():
+            if item.status in (ItemStatus.PENDING, ItemStatus.QUEUED, ItemStatus.RUNNING):
+                item.status = ItemStatus.QUEUED
+                item.celery_task_id = uuid.uuid4().hex
+                item.updated_at = utcnow()
+                messages.append((item.id, item.celery_task_id))
+        s.flush()
+        update_extract_progress(s, ctx.stage_id)
+    ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do) at size {ctx.config.extract.size}")
+    from worker.orchestration import _send_all
+
+    _send_all(("item", item_id, "cpu", token) for item_id, token in messages)
+    if not messages:
+        with session_scope(ctx.url) as s:
+            finish_extract_if_done(s, ctx.stage_id)
+    raise FanOut()
+
+
+def _branch_phase(kind: str) -> tuple[str, str]:
+    _, branch, phase = kind.split("_")
+    return branch, phase
+
+
+def body_train_branch(ctx: StageContext) -> None:
+    from sta_models.training import train_branch
+
+    branch, phase = _branch_phase(ctx.kind)
+    feature_dir = ctx.dirs["extract" if phase == "coarse" else "crops"]
+    splits = _splits(ctx, feature_dir)
+    cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
+    result = train_branch(branch, {"train": splits["train"], "val": splits["val"]}, feature_dir,
+                          ctx.output_dir, cfg, ctx.callbacks, resume=True)
+    ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
+    if isinstance(ctx.summary, dict):
+        ctx.summary.pop("history", None)
+
+
+def _cams(ctx: StageContext, phase: str) -> None:
+    from sta_models.cams import compute_cams
+
+    feature_dir = ctx.dirs["extract" if phase == "coarse" else "crops"]
+    splits = _splits(ctx, feature_dir)
+    rows = splits["train"] + splits["val"] + splits["test"]
+    summary: dict[str, Any] = {}
+    for branch in ("s", "sa", "st"):
+        ctx.callbacks.check_cancel()
+        cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
+        ckpt = ctx.dirs[f"train_{branch}_{phase}"] / "best.pt"
+        res = compute_cams(branch, ckpt, rows, feature_dir, ctx.output_dir / branch, canvas=ctx.config.extract.size,
+                           device=cfg.device, callbacks=ctx.callbacks)
+        summary[branch] = _jsonable(res)
+    ctx.summary = summary
+
+
+def body_cams_coarse(ctx: StageContext) -> None:
+    _cams(ctx, "coarse")
+
+
+def body_cams_fine(ctx: StageContext) -> None:
+    _cams(ctx, "fine")
+
+
+def body_crops(ctx: StageContext) -> None:
+    from sta_models.pseudogt import coarse_boxes_and_crops
+
+    feature_dir = ctx.dirs["extract"]
+    splits = _splits(ctx, feature_dir)
+    cam_dirs = {b: ctx.dirs["cams_coarse"] / b for b in ("s", "sa", "st")}
+    res = coarse_boxes_and_crops(cam_dirs, splits["train"] + splits["val"] + splits["test"], feature_dir,
+                                 ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+    ctx.summary = _jsonable(res)
+
+
+def body_pseudo_gt(ctx: StageContext) -> None:
+    from sta_models.pseudogt import fuse_pseudo_gt
+
+    splits = _splits(ctx, ctx.dirs["crops"])
+    cam_dirs = {b: ctx.dirs["cams_fine"] / b for b in ("s", "sa", "st")}
+    res = fuse_pseudo_gt(cam_dirs, ctx.dirs["crops"], splits["train"] + splits["val"] + splits["test"],
+                         ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+    ctx.summary = _jsonable(res)
+    if isinstance(ctx.summary, dict):
+        ctx.summary.pop("rows", None)  # per-row detail stays in report.json
+
+
+def body_train_sta(ctx: StageContext) -> None:
+    from sta_models.sta_training import train_sta
+
+    feature_dir = ctx.dirs["extract"]
+    splits = _splits(ctx, feature_dir)
+    result = train_sta({"train": splits["train"], "val": splits["val"]}, feature_dir, ctx.dirs["pseudo_gt"],
+                       ctx.output_dir, ctx.config.sta, ctx.callbacks, resume=True)
+    ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
+    if isinstance(ctx.summary, dict):
+        ctx.summary.pop("history", None)
+
+
+def body_evaluate(ctx: StageContext) -> None:
+    from worker.evaluate import evaluate_stage
+
+    ctx.summary = evaluate_stage(ctx, _dataset(ctx))
+
+
+BODIES: dict[str, Callable[[StageContext], None]] = {
+    "extract": body_extract,
+    **{f"train_{b}_{p}": body_train_branch for b in ("s", "sa", "st") for p in ("coarse", "fine")},
+    "cams_coarse": body_cams_coarse,
+    "crops": body_crops,
+    "cams_fine": body_cams_fine,
+    "pseudo_gt": body_pseudo_gt,
+    "train_sta": body_train_sta,
+    "evaluate": body_evaluate,
+}
+
+
+def _before(ctx: StageContext) -> None:
+    """Test-only fault hook (STAPIPE_FAULTS, see worker.faults) before the library is called."""
+    with session_scope(ctx.url) as s:
+        attempts = s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
+    maybe_inject(ctx.kind, attempts, ctx.callbacks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Celery tasks
+
+
+@app.task(name=TASK_STAGE, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_stage(self: Any, stage_id: int) -> str:
+    """Run one stage; the message's task id is the stage's claim token."""
+    settings = get_settings()
+    with session_scope(settings.db_url) as s:
+        kind = s.scalar(select(Stage.kind).where(Stage.id == stage_id))
+    if kind is None:
+        return "dropped"
+    return execute_stage(settings.db_url, stage_id, self.request.id, _host(self), settings.max_attempts,
+                         BODIES[kind], before=_before)
+
+
+@app.task(name=TASK_ITEM, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def extract_item(self: Any, item_id: int) -> str:
+    """Extract one video of an extract stage; the last item to finish finishes the stage."""
+    from worker.logs import append_line
+    from worker.stage_runner import claim_item
+
+    settings = get_settings()
+    url = settings.db_url
+    with session_scope(url) as s:
+        item = claim_item(s, item_id, self.request.id, _host(self))
+        if item is None:
+            return "dropped"
+        stage = s.get(Stage, item.stage_id)
+        assert stage is not None
+        size = int(stage.pipeline.config.get("extract", {}).get("size", 356))
+        video = Path(stage.pipeline.dataset_root) / "AVE" / f"{item.video_id}.mp4"
+        out = Path(stage.output_dir or ".") / f"{item.video_id}.h5"
+        stage_id, video_id, log_path = stage.id, item.video_id, stage.log_path
+        skip = stage.status != StageStatus.RUNNING or stage.cancel_requested
+    t0 = time.perf_counter()
+    status, reason = ItemStatus.SUCCEEDED, None
+    if skip:
+        status, reason = ItemStatus.FAILED, "cancelled"
+    else:
+        try:
+            maybe_inject(f"extract:{video_id}", 1, None)
+            from sta_models.extraction import extract_video
+
+            extract_video(video, out, size=size, video_id=video_id)
+        except Exception as exc:  # every failure is a per-video reason; the stage decides later
+            status, reason = ItemStatus.FAILED, (str(exc).strip().splitlines() or [one_line(exc)])[0][:500]
+    seconds = time.perf_counter() - t0
+    with session_scope(url) as s:
+        item = s.get(ExtractionItem, item_id)
+        assert item is not None
+        item.status, item.reason, item.seconds, item.updated_at = status, reason, seconds, utcnow()
+        item.output_path = str(out) if status == ItemStatus.SUCCEEDED else None
+        if status == ItemStatus.SUCCEEDED:
+            record_artefact(s, stage_id, "extract", out)
+        s.flush()
+        update_extract_progress(s, stage_id)
+    if log_path:
+        append_line(log_path, f"{video_id}: {'ok' if reason is None else 'FAILED ' + reason} ({seconds:.1f} s)")
+    with session_scope(url) as s:
+        finish_extract_if_done(s, stage_id)
+    return str(status)
+
+
+__all__ = ["run_stage", "extract_item", "BODIES"]
