@@ -169,7 +169,11 @@ def make_loader(
 def build_optimizer(
     groups: list[dict[str, Any]], cfg: TrainConfig
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
-    """SGD (Nesterov) over groups carrying ``lr_mult``; MultiStepLR at ``cfg.decay_epochs``."""
+    """SGD (Nesterov) over groups carrying ``lr_mult``; MultiStepLR at ``cfg.decay_epochs``.
+
+    PyTorch's milestone convention: with ``decay_epochs=[5]`` epochs 1–5 (1-based) run at ``lr``
+    and epoch 6 onwards at ``lr * lr_decay``.
+    """
     param_groups = []
     for g in groups:
         params = [p for p in g["params"] if p.requires_grad]

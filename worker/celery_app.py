@@ -102,12 +102,25 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+_producers: dict[tuple[str, str], Celery] = {}
+
+
+def producer_app(settings: Settings | None = None) -> Celery:
+    """The app to send with for the *current* settings (the module-level ``app`` was built at
+    import time; a process whose settings changed since — tests, the dashboard — needs its own)."""
+    settings = settings or get_settings()
+    key = (settings.broker, str(settings.broker_folder / "queue") if settings.broker_is_embedded else "")
+    if key == (app.conf.broker_url, app.conf.broker_transport_options.get("data_folder_in", "")):
+        return app
+    if key not in _producers:
+        _producers[key] = make_app(settings)
+    return _producers[key]
 
 
 def send(what: str, obj_id: int, queue: str, token: str) -> None:
     """Send "run stage N" / "extract item N" with ``token`` as the task id (the claim token)."""
     name = TASK_STAGE if what == "stage" else TASK_ITEM
-    app.send_task(name, args=[obj_id], queue=queue, task_id=token, ignore_result=True)
+    producer_app().send_task(name, args=[obj_id], queue=queue, task_id=token, ignore_result=True)
 
 
 def message_exists(settings: Settings | None = None):  # type: ignore[no-untyped-def]
@@ -133,6 +146,12 @@ def message_exists(settings: Settings | None = None):  # type: ignore[no-untyped
     client = redis.Redis.from_url(settings.broker)
 
     def redis_exists(queue: str, token: str) -> bool:
+        try:
+            return _redis_exists(queue, token)
+        except redis.RedisError:  # broker away: assume the message is there, re-check next round
+            return True
+
+    def _redis_exists(queue: str, token: str) -> bool:
         keys = [k for k in client.keys(f"{queue}*") if not k.endswith(b".pidbox")]
         needle = token.encode()
         for key in keys:

@@ -45,6 +45,8 @@ def stage_logging(path: str | Path, loggers: tuple[str, ...] = ("sta_models", "w
     handler = logging.FileHandler(stage_log.path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
+    # Callbacks.log() both logs to "sta_models" and calls message(); keep one copy in the file
+    handler.addFilter(lambda record: record.name != "sta_models")
     targets = [logging.getLogger(name) for name in loggers]
     old_levels = [lg.level for lg in targets]
     for lg in targets:

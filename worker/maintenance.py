@@ -17,9 +17,17 @@ from celery import signals
 
 log = logging.getLogger(__name__)
 
-INTERVAL_S = 30.0  # how often a worker scans for stale/lost work
-STALE_AFTER_S = 120.0  # heartbeat silence after which a running stage is re-queued (heartbeat: 10 s)
-LOST_AFTER_S = 60.0  # a queued message missing from the broker this long is sent again
+# Timings derive from settings.recovery_interval_s (default 30 s; tests use ~2 s):
+# - a running stage is re-queued after max(4 intervals, 3 heartbeats) of heartbeat silence
+#   (the heartbeat beats every 10 s, so a live stage is never taken over);
+# - a queued stage whose message is missing from the broker is sent again after 2 intervals (the
+#   broker is checked, so a message merely waiting behind a long training is not duplicated).
+
+
+def timings(interval: float) -> tuple[float, float]:
+    from worker.stage_runner import HEARTBEAT_S
+
+    return max(4 * interval, 3 * HEARTBEAT_S), max(2 * interval, 2.0)
 
 _stop = threading.Event()
 
@@ -31,9 +39,10 @@ def run_once(own_host: str | None = None) -> int:
     from worker.settings import get_settings
 
     settings = get_settings()
+    stale, lost = timings(settings.recovery_interval_s)
     with session_scope(settings.db_url) as session:
-        recovered = recover_stale(session, own_host=own_host, stale_after_s=STALE_AFTER_S,
-                                  lost_after_s=LOST_AFTER_S, message_exists=message_exists(settings))
+        recovered = recover_stale(session, own_host=own_host, stale_after_s=stale, lost_after_s=lost,
+                                  message_exists=message_exists(settings))
     purge_processed(settings)
     if recovered:
         log.warning("recovered %d stage(s): %s", len(recovered), ", ".join(f"{s.id}:{s.kind}" for s in recovered))
@@ -41,7 +50,9 @@ def run_once(own_host: str | None = None) -> int:
 
 
 def _loop() -> None:
-    while not _stop.wait(INTERVAL_S):
+    from worker.settings import get_settings
+
+    while not _stop.wait(get_settings().recovery_interval_s):
         try:
             run_once()
         except Exception:  # DB or broker briefly away: try again next round

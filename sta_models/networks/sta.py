@@ -102,7 +102,7 @@ class STA(nn.Module):
         emb = self.audio(audio.flatten(0, 1).to(frames.dtype))
         a_mask = n["audio_mask"](emb, (h5, w5))  # [3B, 1, h5, w5]
 
-        per_frame = x.view(b, FRAMES, *x.shape[1:])  # [B, 3, C, h, w]
+        per_frame = x.unflatten(0, (b, FRAMES))  # [B, 3, C, h, w]; works for channels_last too
         stacked = torch.stack([per_frame[:, k] for k in range(FRAMES)], dim=2)  # [B, C, 3, h, w]
         t_mask = torch.sigmoid(n["temporal"](stacked))  # [B, 1, 3, h, w]
         t_mask = t_mask.permute(0, 2, 1, 3, 4).reshape(b * FRAMES, 1, h5, w5)  # frame-major like x
@@ -122,7 +122,7 @@ class STA(nn.Module):
             for name, r in (("side4", r4), ("side3", r3), ("side2", r2))
         ]
         out = torch.cat(sides, dim=1)  # [3B, 3 sides, H, W]
-        return out.view(b, FRAMES, len(sides), h_in, w_in)
+        return out.unflatten(0, (b, FRAMES))
 
     @torch.no_grad()
     def saliency(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
 from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
@@ -56,9 +56,9 @@ def pg_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        from db.session import get_engine
+        from db.session import dispose_engines
 
-        get_engine.cache_clear()
+        dispose_engines()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -126,9 +126,7 @@ def app(settings: Settings, sent: Sent) -> Iterator[Flask]:
 
     app = create_app(settings, testing=True)
     yield app
-    from db.session import get_engine
-
-    get_engine(settings.db_url).dispose()
+    app.extensions["stapipe_engine"].dispose()
 
 
 @pytest.fixture
@@ -165,10 +163,20 @@ def api(client: FlaskClient) -> FlaskClient:
 
 
 @pytest.fixture
-def session(app: Flask) -> Iterator[Session]:
-    s = app.extensions["stapipe_db"]()
+def session(settings: Settings) -> Iterator[Session]:
+    """The test's own session. On SQLite it runs in autocommit mode (no BEGIN at all), so rows the
+    test reads never hold a lock or a stale snapshot while the app under test writes."""
+    engine = make_engine(settings.db_url)
+    if engine.dialect.name == "sqlite":
+        from db import session as db_session_module
+
+        begin = getattr(db_session_module, "_sqlite_begin", None)
+        if begin is not None and event.contains(engine, "begin", begin):
+            event.remove(engine, "begin", begin)
+    s = Session(bind=engine, expire_on_commit=False)
     yield s
     s.close()
+    engine.dispose()
 
 
 KINDS = ("extract", "train_s_coarse", "train_sa_coarse", "train_st_coarse", "cams_coarse", "crops",
