@@ -138,7 +138,7 @@ def _small(
         coarse={b: cfg(coarse_in, epochs, 16, 1e-2) for b in BRANCHES},
         fine={b: cfg(fine_in, epochs, 16, 1e-2) for b in BRANCHES},
         pseudo_gt=PseudoGTConfig(min_box=min_box),
-        sta=cfg(fine_in, sta_epochs, 8, 1e-2, wd=1e-4),
+        sta=cfg(fine_in, sta_epochs, 8, 1e-3, wd=1e-4),
         evaluate=EvaluateConfig(n_splits=20, overlay_videos=1),
     )
 

@@ -69,11 +69,7 @@ def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     decode = [ffmpeg_exe(), "-v", "error", "-i", str(video), "-map", "0:v:0", "-r", f"{fps:.6f}",
               "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    encode = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-              "-r", f"{fps:.6f}", "-i", "pipe:0", "-i", str(video), "-map", "0:v", "-map", "1:a?",
-              "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
-              "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-              "-movflags", "+faststart", str(tmp)]
+    encode = _encoder(width, height, fps, tmp, audio_from=video, crf=crf)
     with tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
         dec = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=dec_err)
         enc = subprocess.Popen(encode, stdin=subprocess.PIPE, stderr=enc_err)
@@ -106,6 +102,35 @@ def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.
             raise OverlayError(f"ffmpeg could not encode {out}: {_last_line(enc_err.read().decode(errors='replace'))}")
     tmp.replace(out)
     return out
+
+
+def write_overlay_frames(frames: np.ndarray, maps: np.ndarray, out: Path, *, fps: float = 1.0,
+                         alpha: float = 0.5, crf: int = 23) -> Path:
+    """Silent overlay from stored frames [T, H, W, 3] uint8 (one per second of a feature file)."""
+    if len(frames) == 0 or len(frames) != len(maps):
+        raise ValueError("need one map per frame and at least one frame")
+    height, width = frames.shape[1:3]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    data = b"".join(heat_overlay(f, m.astype(np.float32), alpha).tobytes() for f, m in zip(frames, maps, strict=True))
+    proc = subprocess.run(_encoder(width, height, fps, tmp, audio_from=None, crf=crf), input=data,
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OverlayError(f"ffmpeg could not encode {out}: {_last_line(proc.stderr.decode(errors='replace'))}")
+    tmp.replace(out)
+    return out
+
+
+def _encoder(width: int, height: int, fps: float, out: Path, *, audio_from: Path | None, crf: int) -> list[str]:
+    """ffmpeg reading raw RGB frames on stdin; H.264 yuv420p (even size), + ``audio_from``'s audio as AAC."""
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+           "-r", f"{fps:.6f}", "-i", "pipe:0"]
+    if audio_from is not None:
+        cmd += ["-i", str(audio_from), "-map", "0:v", "-map", "1:a?", "-c:a", "aac", "-shortest"]
+    return cmd + ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
+                  "-crf", str(crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(out)]
 
 
 def _last_line(text: str) -> str:

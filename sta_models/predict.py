@@ -10,15 +10,17 @@ Outputs per video:
   attributes of the feature file), each map min-max normalised to 0…255. Normalising per map keeps
   the full 8-bit range for maps whose sigmoid values are all small; every metric of SPEC §7 is
   invariant to it or normalises anyway.
-- ``out_dir/<video_id>_overlay.mp4`` (MP4 inputs only: a feature file carries no video or audio):
-  the JET heat map over every frame, the map of second k held for all frames of that second,
-  H.264 yuv420p with the original audio as AAC (see ``sta_models.overlay``).
+- ``out_dir/<video_id>_overlay.mp4``: the JET heat map over every frame of the original video, the
+  map of second k held for all frames of that second, H.264 yuv420p with the original audio as AAC
+  (see ``sta_models.overlay``). For a feature-file input the original video is looked up in
+  ``sources`` (video id → path), then next to the ``.h5`` (same stem, a video suffix); without
+  one the overlay is made from the stored frames, one per second, silent.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.datasets import prepare_batch, resize_frames
 from sta_models.extraction import ExtractionError, extract_video
 from sta_models.networks.sta import STA
-from sta_models.overlay import OverlayError, write_overlay
+from sta_models.overlay import OverlayError, write_overlay, write_overlay_frames
 from sta_models.sta_training import load_sta
 from sta_models.trainer import autocast_for, resolve_device
 
@@ -137,14 +139,15 @@ def _cache(cache_dir: str | Path | None) -> Iterator[Path]:
 
 def predict_videos(checkpoint: str | Path | dict[str, Any], videos: str | Path, out_dir: str | Path, *,
                    device: str = "auto", overlay: bool = True, batch_size: int = 8,
-                   cache_dir: str | Path | None = None,
+                   cache_dir: str | Path | None = None, sources: Mapping[str, str | Path] | None = None,
                    callbacks: Callbacks = NO_CALLBACKS) -> list[VideoPrediction]:
     """Predict every second of every input; see the module docstring for what is written.
 
     A video that cannot be read fails alone (its ``error`` says why) and the others go on; a bad
     checkpoint or an empty input directory raises ``ValueError``/``FileNotFoundError``.
     ``cache_dir`` keeps the extracted feature files (re-used when up to date); default: a
-    temporary directory removed at the end.
+    temporary directory removed at the end. ``sources`` maps video ids of ``.h5`` inputs to their
+    original videos, for overlays with the real frames and audio.
     """
     inputs = list_inputs(videos)
     dev = resolve_device(device)
@@ -160,13 +163,14 @@ def predict_videos(checkpoint: str | Path | dict[str, Any], videos: str | Path, 
             callbacks.on_progress(i, len(inputs), src.name)
             results.append(_predict_one(model, src, out_dir, cache, dev, input_size=input_size,
                                         frame_size=frame_size, overlay=overlay, batch_size=batch_size,
-                                        callbacks=callbacks))
+                                        sources=sources or {}, callbacks=callbacks))
             callbacks.on_progress(i + 1, len(inputs), src.name)
     return results
 
 
 def _predict_one(model: STA, src: Path, out_dir: Path, cache: Path, device: torch.device, *, input_size: int,
-                 frame_size: int, overlay: bool, batch_size: int, callbacks: Callbacks) -> VideoPrediction:
+                 frame_size: int, overlay: bool, batch_size: int, sources: Mapping[str, str | Path],
+                 callbacks: Callbacks) -> VideoPrediction:
     is_features = src.suffix.lower() == FEATURE_SUFFIX
     result = VideoPrediction(video_id=src.stem, source=src)
     try:
@@ -185,15 +189,31 @@ def _predict_one(model: STA, src: Path, out_dir: Path, cache: Path, device: torc
         maps = predict_features(model, h5_path, input_size=input_size, device=device, batch_size=batch_size,
                                 out_size=(height, width), callbacks=callbacks)
         result.png_dir = write_pngs(maps, out_dir / result.video_id)
-        if overlay and not is_features:
+        if overlay:
             norm = np.stack([to_uint8(m) for m in maps]).astype(np.float32) / 255.0
-            result.overlay = write_overlay(src, norm, out_dir / f"{result.video_id}_overlay.mp4")
-        elif overlay:
-            callbacks.log(f"{src.name}: a feature file has no video or audio; no overlay written")
+            target = out_dir / f"{result.video_id}_overlay.mp4"
+            video = _source_video(src, result.video_id, sources) if is_features else src
+            if video is not None:
+                result.overlay = write_overlay(video, norm, target)
+            else:
+                with h5py.File(h5_path, "r") as f:
+                    result.overlay = write_overlay_frames(f["frames"][()], norm, target, fps=1.0)
     except (ExtractionError, OverlayError, OSError, ValueError, KeyError) as exc:
         result.error = _one_line(f"{src.name}: {exc}")
         callbacks.log(f"predict failed: {result.error}")
     return result
+
+
+def _source_video(h5: Path, video_id: str, sources: Mapping[str, str | Path]) -> Path | None:
+    """The original video of a feature-file input: ``sources[video_id]``, else a sibling file."""
+    if video_id in sources and Path(sources[video_id]).is_file():
+        return Path(sources[video_id])
+    for folder in dict.fromkeys((h5.parent, h5.resolve().parent)):
+        for suffix in VIDEO_SUFFIXES:
+            candidate = folder / f"{h5.stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -133,9 +133,20 @@ def sta_meta(cfg: TrainConfig, channels: int, frame_size: int | None) -> dict[st
             "input_size": cfg.input_size, "frame_size": frame_size}
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf → None, recursively: record.json stays strict JSON for the dashboard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))
+    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False))
     os.replace(tmp, path)
 
 

@@ -25,7 +25,7 @@ def snapshot(url: str, pipeline_id: int) -> dict[str, Any]:
             raise LookupError(f"no pipeline {pipeline_id}")
         stages = list(s.scalars(select(Stage).where(Stage.pipeline_id == pipeline_id).order_by(Stage.position)))
         epochs = dict(s.execute(select(EpochMetric.stage_id, func.max(EpochMetric.epoch)).where(
-            EpochMetric.stage_id.in_([st.id for st in stages])).group_by(EpochMetric.stage_id)).tuples().all())
+            EpochMetric.stage_id.in_([st.id for st in stages])).group_by(EpochMetric.stage_id)).all())
         last = {}
         for st in stages:
             if st.id in epochs:

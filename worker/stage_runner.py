@@ -165,7 +165,7 @@ class DbCallbacks:
         values = m.as_dict() if hasattr(m, "as_dict") else dict(m)
         values = {k: values.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds",
                                              "samples_per_s", "extra")}
-        values["extra"] = _finite(values.get("extra") or {})
+        values["extra"] = _finite_json(dict(values.get("extra") or {}))
         for k in ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"):
             values[k] = _num(values[k])
         with session_scope(self.url) as s:
@@ -214,11 +214,19 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out[str(k)] = _num(v) if isinstance(v, int | float) else v
-    return out
+
+
+def _finite_json(obj: Any) -> Any:
+    """NaN/Infinity → null: PostgreSQL's json type rejects them (a diverged loss is still recorded)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_json(v) for v in obj]
+    return obj
 
 
 def upsert_epoch(session: Session, stage_id: int, values: dict[str, Any]) -> None:
@@ -410,7 +418,9 @@ def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | N
     values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "error_summary": error,
                               "traceback": trace, "cancel_requested": False}
     if summary:
-        values["summary"] = summary
+        import json
+
+        values["summary"] = _finite_json(json.loads(json.dumps(summary, default=str)))
     with session_scope(ctx.url) as session:
         res = session.execute(
             update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
@@ -454,7 +464,7 @@ def claim_item(session: Session, item_id: int, token: str, host: str) -> Extract
 
 def update_extract_progress(session: Session, stage_id: int) -> tuple[int, int, int]:
     rows = dict(session.execute(select(ExtractionItem.status, func.count()).where(
-        ExtractionItem.stage_id == stage_id).group_by(ExtractionItem.status)).tuples().all())
+        ExtractionItem.stage_id == stage_id).group_by(ExtractionItem.status)).all())
     done = rows.get(ItemStatus.SUCCEEDED, 0)
     failed = rows.get(ItemStatus.FAILED, 0)
     total = sum(rows.values())

@@ -28,6 +28,7 @@ from worker.settings import get_settings
 from worker.stage_runner import (
     FanOut,
     StageContext,
+    _finite_json,
     execute_stage,
     finish_extract_if_done,
     one_line,
@@ -77,9 +78,10 @@ def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     try:
-        return json.loads(json.dumps(obj, default=str))
+        return _finite_json(json.loads(json.dumps(obj, default=str)))
     except (TypeError, ValueError):
         return {"repr": repr(obj)[:2000]}
+
 
 
 # ---------------------------------------------------------------------------------------------

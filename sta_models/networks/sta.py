@@ -12,7 +12,8 @@ the tensors, so one model runs at 64, 256 or 356 input.
 Choices where the SPEC is silent (written down here because they change the numbers):
 - Audio mask: exactly SA's size-agnostic :class:`~sta_models.networks.branches.AudioMask`
   (Linear 8192 → F5 width, 4×4 transposed conv, bilinear resize to F5's h×w, 1×1 → C → 1, sigmoid).
-- Temporal mask: Conv3d(C → 1, (3,1,1), padding (1,0,0)) so each frame gets its own mask slice.
+- Temporal mask: Conv3d(C → 1, (3,1,1), padding (1,0,0)) so each frame gets its own mask slice
+  (:class:`TemporalConv`, a 4-D parameter so channels_last conversion works).
 - Decoder convs are followed by ReLU; upsampling is bilinear (align_corners=False).
 - C defaults to 28 (the method's class-map width, AVE's 28 categories).
 """
@@ -35,6 +36,27 @@ DEFAULT_CHANNELS = 28
 FRAMES = 3  # t−1, t, t+1
 CENTRE = 1
 FINEST = 2
+
+
+class TemporalConv(nn.Module):
+    """Conv3d with a (3, 1, 1) kernel, C → 1, time padded by 1: one mask slice per frame.
+
+    The kernel is stored as a 4-D parameter [1, C, 3, 1] (the Conv3d kernel without its last
+    singleton axis) so that ``model.to(memory_format=torch.channels_last)`` — which the shared
+    trainer does on CUDA and which rejects 5-D parameters — works. Initialised as every new layer
+    (SPEC §3: N(0, 0.01), bias 0).
+    """
+
+    def __init__(self, channels: int, frames: int = 3) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(1, channels, frames, 1).normal_(0.0, 0.01))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.padding = (frames // 2, 0, 0)
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        """[B, C, 3, h, w] → [B, 1, 3, h, w]."""
+        kernel = self.weight.unsqueeze(-1).contiguous().to(stack.dtype)
+        return F.conv3d(stack, kernel, self.bias.to(stack.dtype), padding=self.padding)
 
 
 class STA(nn.Module):
@@ -61,7 +83,7 @@ class STA(nn.Module):
             "proj5": nn.Conv2d(ch["layer4"], c, 1),
             "gate": AttentionGate(c),
             "audio_mask": AudioMask(self.audio.out_dim, ch["layer4"], c),
-            "temporal": nn.Conv3d(c, 1, kernel_size=(FRAMES, 1, 1), padding=(1, 0, 0)),
+            "temporal": TemporalConv(c, FRAMES),
             "fuse": nn.Conv2d(3 * c, c, 1),
             "dec4": nn.Conv2d(2 * c, c, 3, padding=1),
             "dec3": nn.Conv2d(2 * c, c, 3, padding=1),

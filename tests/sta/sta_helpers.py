@@ -15,11 +15,13 @@ def amplify(model: nn.Module, seed: int = 0) -> nn.Module:
 
     The method's N(0, 0.01) init makes the masks ≈ 0.5 everywhere; wiring tests need signal.
     """
+    from sta_models.networks.sta import TemporalConv
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.new.modules():
-            if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear):
-                fan_in = m.weight[0].numel() if not isinstance(m, nn.ConvTranspose2d) else m.weight.shape[0]
+            if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear | TemporalConv):
+                fan_in = m.weight.shape[0] if isinstance(m, nn.ConvTranspose2d) else m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)

@@ -40,7 +40,7 @@ def predicted(trained_sta, ffmpeg_bin: str, tmp_path_factory: pytest.TempPathFac
     (videos / "broken.mp4").write_bytes(b"not a video at all")
     out = tmp_path_factory.mktemp("pred")
     progress: list[tuple[int, int, str]] = []
-    results = predict_videos(run_dir / "best.pt", videos, out, device="cpu",
+    results = predict_videos(run_dir / "best.pt", videos, out, device="cpu", cache_dir=videos / "cache",
                              callbacks=Callbacks(progress=lambda d, t, w: progress.append((d, t, w))))
     return results, out, progress
 
@@ -67,6 +67,23 @@ def test_overlay_is_playable_with_audio(predicted) -> None:
     assert (kinds["video"]["width"], kinds["video"]["height"]) == (96, 72)
     assert kinds["audio"]["codec_name"] == "aac"
     assert abs(float(info["format"]["duration"]) - 3.0) < 0.25
+
+
+def test_feature_file_inputs_get_overlays_too(predicted, trained_sta, tiny_data, tmp_path: Path) -> None:
+    """With the source video (``sources``): real frames and audio; without: stored frames, silent."""
+    results, _, _ = predicted
+    _, run_dir, _ = trained_sta
+    feats, _, _ = tiny_data
+    clip = next(r for r in results if r.video_id == "clip")
+    cached = clip.source.parent / "cache" / "clip.h5"
+    res = predict_videos(run_dir / "best.pt", cached, tmp_path, device="cpu", sources={"clip": clip.source})
+    info = _probe(res[0].overlay)
+    assert {s["codec_type"] for s in info["streams"]} == {"video", "audio"}
+    assert abs(float(info["format"]["duration"]) - 3.0) < 0.25
+    res = predict_videos(run_dir / "best.pt", feats / "vid1.h5", tmp_path, device="cpu")
+    info = _probe(res[0].overlay)
+    assert [s["codec_type"] for s in info["streams"]] == ["video"]
+    assert abs(float(info["format"]["duration"]) - 4.0) < 0.25  # one stored frame per second
 
 
 def test_a_broken_video_fails_alone_with_one_line(predicted) -> None:

@@ -1,0 +1,241 @@
+"""The dashboard in a real browser against real processes: gunicorn serving ``dashboard.wsgi``,
+a real ``stapipe worker`` (embedded filesystem broker, SQLite) running a ``tiny`` pipeline on the
+synthetic dataset, and Debian's Chromium driven by Playwright.
+
+Log in, submit, watch the loss chart gain points while a stage trains (without a reload, keeping
+the zoom), see the stage that the test-only fault hook (``STAPIPE_FAULTS``) breaks fail, re-run it
+from its page and see it succeed. Screenshots go to the ``artifacts_dir`` fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import TOKEN
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+FAILING_STAGE = "train_st_coarse"
+WATCHED_STAGE = "train_s_coarse"
+WATCHED_EPOCHS = 30  # a tiny epoch on the synthetic set takes about a second: leave time to watch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Child processes in their own process groups, all killed at teardown whatever happens."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, synth_root: Path) -> Iterator[str]:
+    """gunicorn + one worker on the embedded defaults; yields the dashboard's base URL."""
+    home = tmp_path / "home"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
+    env.update(STAPIPE_HOME=str(home), STAPIPE_DATA_ROOT=str(synth_root.parent), STAPIPE_DASHBOARD_PASSWORD=TOKEN,
+               STAPIPE_FAULTS=f"{FAILING_STAGE}:1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs = Processes(home / "test-logs")
+    try:
+        subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                       capture_output=True, timeout=120)
+        procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                                 "--threads", "4", "dashboard.wsgi:app"], env)
+        procs.start("worker", [sys.executable, "-m", "worker.cli", "worker", "--queues", "cpu,gpu",
+                               "--concurrency", "1", "--hostname", "e2e@test"], env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.3)
+        yield base
+    finally:
+        procs.stop()
+        for log in sorted((home / "test-logs").glob("*.log")):
+            print(f"---- {log.name} (tail) ----\n" + log.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def page(stack: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def api(stack: str, path: str) -> dict:
+    r = requests.get(f"{stack}/api/v1{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def wait_js(page, expression: str, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """Poll a JS expression from Python: page.wait_for_function evaluates strings inside the page,
+    which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly forbids."""
+    return wait_for(lambda: page.evaluate(expression), timeout, what)
+
+
+def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_dir: Path,  # type: ignore[no-untyped-def]
+                                                   synth_root: Path) -> None:
+    shots = artifacts_dir / "dashboard-browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # log in
+    page.goto(stack + "/")
+    assert page.url.startswith(stack + "/login")
+    page.fill("#password", "wrong")
+    page.click("button[type=submit]")
+    assert page.locator(".flash.error").inner_text() == "Wrong password or token."
+    page.screenshot(path=str(shots / "01-login.png"))
+    page.fill("#password", TOKEN)
+    page.click("button[type=submit]")
+    assert page.locator("h1").first.inner_text().startswith("Pipelines")
+
+    # submit a tiny pipeline: a bad value first (error next to the field), then a good one
+    page.click("text=New pipeline >> nth=0")
+    page.select_option("#preset", "paper")
+    assert page.input_value("select[name='coarse.s.backbone']") == "resnext101_32x8d"  # preset refill
+    page.select_option("#preset", "tiny")
+    assert page.input_value("select[name='coarse.s.backbone']") == "resnet18"
+    page.fill("#name", "browser e2e")
+    page.fill("#dataset_root", "../../")
+    page.fill("input[name='coarse.s.epochs']", "0")
+    page.click("#new-pipeline button[type=submit]")
+    assert page.locator(".field-error[data-field='dataset_root']").inner_text() == \
+        "the dataset must be a folder inside the data root"
+    assert page.locator(".field-error[data-field='coarse.s.epochs']").inner_text() == "must be at least 1"
+    page.screenshot(path=str(shots / "02-new-pipeline-errors.png"), full_page=True)
+    page.fill("#dataset_root", synth_root.name)
+    page.fill("input[name='coarse.s.epochs']", str(WATCHED_EPOCHS))
+    for field in ("fine.s.epochs", "fine.sa.epochs", "fine.st.epochs", "sta.epochs"):
+        page.fill(f"input[name='{field}']", "1")
+    page.click("#new-pipeline button[type=submit]")
+    assert re.search(r"/pipelines/\d+$", page.url), page.url
+    pipeline_id = int(page.url.rsplit("/", 1)[1])
+    assert f"Pipeline {pipeline_id} submitted." in page.locator(".flash").first.inner_text()
+    assert page.locator("#graph .node").count() == 13
+    page.screenshot(path=str(shots / "03-pipeline.png"), full_page=True)
+    stages = {s["kind"]: s["id"] for s in api(stack, f"/pipelines/{pipeline_id}")["stages"]}
+
+    # the loss chart gains points while the stage trains, without a reload, keeping the zoom
+    page.goto(f"{stack}/stages/{stages[WATCHED_STAGE]}")
+    page.evaluate("window.__sameDocument = true")
+    points = lambda: int(page.get_attribute("#curves", "data-points") or 0)  # noqa: E731
+    wait_js(page, "Number(document.querySelector('#curves').dataset.points || 0) >= 2", 600, "two epochs")
+    first = points()
+    assert first < WATCHED_EPOCHS, "the stage finished before the test could watch it train"
+    over = page.locator("#chart-loss .u-over")
+    box = over.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.05, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    zoom = page.evaluate("(() => { const s = window.stapipeCharts['chart-loss'].scales.x; return [s.min, s.max]; })()")
+    wait_js(page, f"Number(document.querySelector('#curves').dataset.points) > {first}", 300, "another epoch")
+    assert page.evaluate("window.__sameDocument") is True  # updated in place, no reload
+    assert points() > first
+    kept = page.evaluate("(() => { const s = window.stapipeCharts['chart-loss'].scales.x; return [s.min, s.max]; })()")
+    assert kept == zoom, "new points reset the user's zoom"
+    assert page.locator("#epoch-table tbody tr").count() == points()
+    page.screenshot(path=str(shots / "04-stage-training.png"), full_page=True)
+    page.dblclick("#chart-loss .u-over")  # reset zoom
+
+    # the injected fault fails its stage on attempt 1
+    wait_for(lambda: api(stack, f"/stages/{stages[FAILING_STAGE]}")["status"] == "failed", 900, "the fault")
+    page.goto(f"{stack}/stages/{stages[FAILING_STAGE]}")
+    assert page.locator("#stage-status .badge").inner_text() == "failed"
+    assert "injected fault" in page.locator("#stage-error").inner_text()
+    page.screenshot(path=str(shots / "05-stage-failed.png"), full_page=True)
+
+    # re-run it from its page: the confirmation lists what runs again
+    page.click("#rerun-link")
+    plan = page.locator("#rerun-plan li").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert plan[:2] == [FAILING_STAGE, "cams_coarse"] and WATCHED_STAGE not in plan and "evaluate" in plan
+    page.screenshot(path=str(shots / "06-rerun-confirm.png"), full_page=True)
+    page.click("#confirm-rerun")
+    assert "Re-running" in page.locator(".flash").first.inner_text()
+
+    # ... and it succeeds: the stage page's badge turns green by itself
+    page.goto(f"{stack}/stages/{stages[FAILING_STAGE]}")
+    wait_js(page, "document.querySelector('#stage-status .badge').dataset.status === 'succeeded'", 900,
+            "the re-run to succeed")
+    page.wait_for_selector("#finished-note")
+    assert page.locator("#stage-attempts").inner_text() == "2"
+    page.screenshot(path=str(shots / "07-stage-succeeded.png"), full_page=True)
+
+    # stop the rest of the pipeline from its page
+    page.goto(f"{stack}/pipelines/{pipeline_id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel-pipeline")
+    assert f"Pipeline {pipeline_id} is being cancelled." in page.locator(".flash").first.inner_text()
+    page.screenshot(path=str(shots / "08-pipeline-cancelled.png"), full_page=True)
+    assert errors == []
+    seconds = [e["seconds"] for e in api(stack, f"/stages/{stages[WATCHED_STAGE]}/metrics")["epochs"]]
+    print(f"{WATCHED_STAGE}: {len(seconds)} epochs, seconds per epoch {seconds}")

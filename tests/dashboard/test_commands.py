@@ -1,0 +1,81 @@
+"""``stapipe submit / status / rerun / cancel`` against a real HTTP server running the app."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from sqlalchemy.orm import Session
+from werkzeug.serving import make_server
+
+from worker.cli import main
+from worker.settings import Settings
+
+from .conftest import TOKEN, make_pipeline, stage_of
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[str]:
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(5)
+
+
+def run(server: str, *argv: str, token: str = TOKEN) -> int:
+    return main([argv[0], "--url", server, "--token", token, *argv[1:]])
+
+
+def test_submit_status_cancel(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(server, "submit", "--dataset", "ave-synth", "--preset", "tiny", "--set", "coarse.*.epochs=1",
+               "--set", "sta.decay_epochs=[2]") == 0
+    out = capsys.readouterr().out
+    assert "submitted pipeline 1 (ave-synth, preset tiny)" in out
+    assert f"{server}/pipelines/1" in out
+    assert run(server, "status") == 0
+    assert "    1  running     0/13" in capsys.readouterr().out
+    assert run(server, "status", "1") == 0
+    out = capsys.readouterr().out
+    assert "extract          queued" in out and "evaluate         pending" in out
+    assert run(server, "cancel", "1") == 0
+    assert "pipeline 1 is cancelled" in capsys.readouterr().out
+    assert run(server, "cancel", "1") == 1
+    assert "HTTP 409: pipeline 1 already finished (cancelled)" in capsys.readouterr().err
+
+
+def test_submit_with_an_absolute_dataset_path(server: str, settings: Settings, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert run(server, "submit", "--dataset", str(settings.data_dir / "ave-synth"), "--name", "abs") == 0
+    assert "submitted pipeline 1 (abs" in capsys.readouterr().out
+
+
+def test_submit_reports_field_errors(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(server, "submit", "--dataset", "../../etc", "--set", "coarse.s.epochs=0") == 1
+    err = capsys.readouterr().err
+    assert "HTTP 422" in err
+    assert "dataset_root: the dataset must be a folder inside the data root" in err or "dataset_root: no such" in err
+    assert "coarse.s.epochs: must be at least 1" in err
+    assert run(server, "submit", "--dataset", "x", "--set", "nonsense") == 2
+
+
+def test_rerun(server: str, session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str]) -> None:
+    p = make_pipeline(session, settings, statuses={"extract": "succeeded", "train_s_coarse": "failed"})
+    sid = stage_of(p, "train_s_coarse").id
+    monkeypatch.setattr("builtins.input", lambda _prompt: "n")
+    assert run(server, "rerun", str(sid)) == 1
+    assert "these stages will run again: train_s_coarse, cams_coarse" in capsys.readouterr().out
+    assert run(server, "rerun", str(sid), "--yes") == 0
+    assert "re-running 10 stage(s)" in capsys.readouterr().out
+    assert run(server, "rerun", str(sid), "--yes") == 1
+    assert "only failed or cancelled" in capsys.readouterr().err
+
+
+def test_wrong_token_and_unreachable_server(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(server, "status", token="bad") == 1
+    assert "HTTP 401: invalid API token" in capsys.readouterr().err
+    assert run("http://127.0.0.1:9", "status") == 1
+    assert "cannot reach the dashboard" in capsys.readouterr().err
