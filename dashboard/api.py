@@ -166,7 +166,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
     more = len(rows) > limit
     rows = rows[:limit]
     return jsonify(
-        stage_id=stage.id, status=stage.status, attempts=stage.attempts, since=since,
+        stage_id=stage.id, status=stage.status, attempts=stage.attempts, worker_host=stage.worker_host, since=since,
         last_epoch=rows[-1].epoch if rows else since, more=more,
         epochs=[queries.metric_row(m) for m in rows],
         progress={"done": stage.progress_done, "failed": stage.progress_failed, "total": stage.progress_total},

@@ -80,14 +80,16 @@ def _bearer() -> str | None:
 def _authenticate() -> None:
     """Runs before every request: sets ``g.auth`` to "bearer", "session" or None."""
     g.auth = None
+    public = request.endpoint in PUBLIC_ENDPOINTS
     bearer = _bearer()
     if bearer is not None:
-        if not _check_token(bearer):
+        if _check_token(bearer):
+            g.auth = "bearer"
+        elif not public:  # a stale token must not break /healthz probes
             raise Unauthorized("invalid API token")
-        g.auth = "bearer"
     elif session.get("auth") == _fingerprint(_token()):
         g.auth = "session"
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    if public:
         return None  # the login view checks CSRF itself, to re-render the form with a message
     if g.auth is None:
         if request.path.startswith("/api/"):

@@ -122,16 +122,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     per_child = args.max_tasks_per_child if args.max_tasks_per_child is not None else (1 if gpu_only else 0)
     hostname = args.hostname or f"{'-'.join(queues)}@{socket.gethostname()}"
     upgrade(settings.db_url)
-    from worker.celery_app import app
-
-    argv = ["worker", "-Q", ",".join(queues), "-n", hostname, "-P", "prefork", "--loglevel", args.loglevel,
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "-Q", ",".join(queues),
+            "-n", hostname, "-P", "prefork", "--loglevel", args.loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if per_child:
         argv += ["--max-tasks-per-child", str(per_child)]
-    app.worker_main(argv=argv)
-    return 0
+    from worker.supervise import supervise
+
+    return supervise(argv)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -68,11 +68,12 @@ def worker_argv(queues: str, hostname: str, concurrency: int | None = None) -> l
 
 
 def dashboard_argv(settings: Settings) -> list[str]:
-    """``stapipe dashboard`` when the dashboard area provides it, else gunicorn on dashboard.wsgi."""
-    if importlib.util.find_spec("dashboard.commands") is not None:
-        return [sys.executable, "-m", "worker.cli", "dashboard"]
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.dashboard_host}:{settings.dashboard_port}",
-            "--workers", "1", "--threads", "4", "dashboard.wsgi:app"]
+    """gunicorn on ``dashboard.wsgi:app`` (what compose runs); ``stapipe dashboard`` (Flask's
+    development server) only where gunicorn is missing."""
+    if importlib.util.find_spec("gunicorn") is not None:
+        return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.dashboard_host}:{settings.dashboard_port}",
+                "--workers", "1", "--threads", "4", "--graceful-timeout", "5", "dashboard.wsgi:app"]
+    return [sys.executable, "-m", "worker.cli", "dashboard"]
 
 
 def wait_for_port(host: str, port: int, timeout: float = 60.0) -> bool:

@@ -14,7 +14,7 @@
   window.stapipeCharts = charts; // for people poking in the console, and for the browser test
 
   // ---- status ----------------------------------------------------------------------------
-  function setStatus(status, attempts, progress) {
+  function setStatus(status, attempts, progress, worker) {
     const badge = document.querySelector("#stage-status .badge");
     if (badge && badge.dataset.status !== status) {
       badge.className = `badge st-${status}`;
@@ -24,6 +24,8 @@
     }
     state.status = status;
     curves.dataset.status = status;
+    const host = document.getElementById("stage-worker");
+    if (host && worker) host.textContent = worker;
     const att = document.getElementById("stage-attempts");
     if (att && attempts !== undefined) att.textContent = attempts;
     const prog = document.getElementById("stage-progress");
@@ -163,7 +165,7 @@
   const metricsUrl = () => `${curves.dataset.metricsUrl}?since=${state.since}&limit=5000`;
   window.stapipe.poll(metricsUrl, async (body) => {
     addEpochs(body.epochs);
-    setStatus(body.status, body.attempts, body.progress);
+    setStatus(body.status, body.attempts, body.progress, body.worker_host);
     // Catch up at once on long histories; otherwise stop after the stage has finished.
     if (body.more) return "again";
     return !TERMINAL.has(body.status);

@@ -41,7 +41,7 @@ def _callbacks() -> Any:
         print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}  val loss {val}  val acc {acc}  "
               f"lr {m.lr:.2e}  {m.seconds:.1f} s  {m.samples_per_s:.1f} samples/s", flush=True)
 
-    return Callbacks(epoch_end=epoch, progress=progress, message=lambda s: print(s, file=sys.stderr))
+    return Callbacks(epoch_end=epoch, progress=progress)  # log lines already reach stderr via logging
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -64,8 +64,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         dataset = load_dataset(args.dataset)
-    except (ValidationError, ValueError, OSError) as exc:
-        return _err(str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else str(exc))
+    except ValidationError as exc:
+        return _err("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    except (ValueError, OSError) as exc:
+        return _err(str(exc))
     splits = {"train": dataset.train, "val": dataset.val}
     try:
         res = train_branch(args.branch, splits, args.features, args.out, cfg, _callbacks(),

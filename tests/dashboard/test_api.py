@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from db.models import EpochMetric, Stage
 from worker.settings import Settings
 
-from .conftest import Sent, add_artefact, add_epochs, add_item, make_pipeline, stage_of
+from .conftest import Sent, add_artefact, add_item, make_pipeline, stage_of
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

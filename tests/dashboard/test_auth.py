@@ -151,6 +151,7 @@ def test_bearer_token(client: FlaskClient) -> None:
     wrong = client.get("/api/v1/pipelines", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json["message"] == "invalid API token"
     assert client.get("/api/v1/pipelines", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.get("/healthz", headers={"Authorization": "Bearer stale"}).status_code == 200
 
 
 def test_changing_the_password_logs_browsers_out(settings: Settings, client: FlaskClient) -> None:

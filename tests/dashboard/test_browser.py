@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-sync"]
 FAILING_STAGE = "train_st_coarse"
 WATCHED_STAGE = "train_s_coarse"
-WATCHED_EPOCHS = 30  # a tiny epoch on the synthetic set takes about a second: leave time to watch
+WATCHED_EPOCHS = 100  # a tiny epoch on the synthetic set takes ~0.2 s: leave time to watch (and zoom)
 
 
 def free_port() -> int:
@@ -159,7 +159,8 @@ def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_d
     assert page.locator("h1").first.inner_text().startswith("Pipelines")
 
     # submit a tiny pipeline: a bad value first (error next to the field), then a good one
-    page.click("text=New pipeline >> nth=0")
+    with page.expect_navigation(wait_until="load"):  # the preset script must run before the preset changes
+        page.click("text=New pipeline >> nth=0")
     page.select_option("#preset", "paper")
     assert page.input_value("select[name='coarse.s.backbone']") == "resnext101_32x8d"  # preset refill
     page.select_option("#preset", "tiny")
@@ -238,4 +239,4 @@ def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_d
     page.screenshot(path=str(shots / "08-pipeline-cancelled.png"), full_page=True)
     assert errors == []
     seconds = [e["seconds"] for e in api(stack, f"/stages/{stages[WATCHED_STAGE]}/metrics")["epochs"]]
-    print(f"{WATCHED_STAGE}: {len(seconds)} epochs, seconds per epoch {seconds}")
+    print(f"{WATCHED_STAGE}: {len(seconds)} epochs, {sum(seconds) / len(seconds):.2f} s per epoch")

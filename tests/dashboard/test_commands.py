@@ -79,3 +79,39 @@ def test_wrong_token_and_unreachable_server(server: str, capsys: pytest.CaptureF
     assert "HTTP 401: invalid API token" in capsys.readouterr().err
     assert run("http://127.0.0.1:9", "status") == 1
     assert "cannot reach the dashboard" in capsys.readouterr().err
+
+
+def test_stapipe_dashboard_serves_and_prints_its_generated_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
+    env.update(STAPIPE_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "dashboard", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
+                    break
+            assert time.monotonic() < deadline and proc.poll() is None, "the dashboard did not start"
+            time.sleep(0.3)
+        token = (tmp_path / "home" / "dashboard_token").read_text().strip()
+        r = requests.get(f"http://127.0.0.1:{port}/api/v1/pipelines", headers={"Authorization": f"Bearer {token}"},
+                         timeout=5)
+        assert r.status_code == 200 and r.json()["total"] == 0  # migrated on start
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=10)[0].decode()
+    assert f"login token (generated in {tmp_path / 'home' / 'dashboard_token'}): {token}" in out

@@ -1,0 +1,60 @@
+"""The embedded default end to end: SQLite + kombu's filesystem broker, no server at all.
+
+Runs the README's main command, `stapipe demo`, at the `tiny` preset on a tiny dataset: it
+generates the synthetic data, starts worker + dashboard (gunicorn), submits, follows, prints the
+evaluation table and stops what it started.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, stack_env
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_on_embedded_default(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = stack_env(home, None, None, STAPIPE_DASHBOARD_PORT=str(_free_port()), STAPIPE_RECOVERY_INTERVAL_S="5")
+    cmd = [sys.executable, "-m", "worker.cli", "demo", "--preset", "tiny", "--classes", "3",
+           "--videos-per-class", "3", "--seconds", "4", "--workers", "1", "--concurrency", "2",
+           "--set", "coarse.*.epochs=1", "--set", "fine.*.epochs=1", "--set", "sta.epochs=2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            import os
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert "dashboard: http://127.0.0.1:" in text and "login token:" in text
+    assert "pipeline 1: succeeded" in text
+    table = text[text.index("method"):]
+    assert "STA" in table and "centre bias" in table and "s-AUC" in table
+
+    db = sqlite3.connect(home / "stapipe.db")
+    states = dict(db.execute("select kind, status from stages"))
+    assert len(states) == 13 and set(states.values()) == {"succeeded"}, states
+    assert db.execute("select count(*) from extraction_items where status='succeeded'").fetchone()[0] == 9
+    assert db.execute("select count(*) from epoch_metrics").fetchone()[0] == 6 + 2
+    assert (home / "broker" / "queue").is_dir() and not list((home / "broker" / "queue").iterdir())
+    # everything it started is gone (its process group would still hold members otherwise)
+    assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout == b""
