@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import h5py
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 Kind = Literal["s", "sa", "st"]
@@ -47,8 +46,6 @@ def open_h5(path: str | Path) -> h5py.File:
     key = (str(path), os.getpid())
     handle = _HANDLES.get(key)
     if handle is None:
-        if not any(pid == os.getpid() for _, pid in _HANDLES):
-            cv2.setNumThreads(1)  # small resizes in many workers: threads only contend
         handle = h5py.File(path, "r")
         _HANDLES[key] = handle
     return handle
@@ -61,32 +58,60 @@ def close_handles() -> None:
 
 
 def resize_frames(frames: np.ndarray, size: int) -> torch.Tensor:
-    """[N, H, W, 3] uint8 → [N, 3, size, size] uint8 (area filter when shrinking)."""
-    n, h, w = frames.shape[:3]
-    if (h, w) != (size, size):
-        interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-        frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    """[N, H, W, 3] uint8 → [N, 3, size, size] uint8, bilinear with antialiasing.
+
+    torch's uint8 antialiased kernel: ~5x faster than cv2 INTER_AREA here, and no OpenCV thread
+    pool in forked DataLoader workers (cv2 calls there can deadlock after the parent used cv2).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous()
+
+
+_GRAY = torch.tensor([0.299, 0.587, 0.114])
+
+
+def jitter_factors(seed: int, strength: Sequence[float] = JITTER) -> tuple[float, float, float, float]:
+    """One ColorJitter draw (brightness, contrast, saturation, hue) from ``seed``."""
+    rng = np.random.default_rng(seed)
+    b, c, s, h = strength
+    return (float(rng.uniform(max(0.0, 1 - b), 1 + b)), float(rng.uniform(max(0.0, 1 - c), 1 + c)),
+            float(rng.uniform(max(0.0, 1 - s), 1 + s)), float(rng.uniform(-h, h)))
+
+
+def jitter_matrix(brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
+    """The 3×3 colour matrix of brightness → contrast (without its mean term) → saturation → hue.
+
+    Saturation blends with the luma (torchvision's weights); hue is a rotation by ``2π·hue`` about
+    the grey axis of the RGB cube (Rodrigues), which keeps greys grey, moves hues the same way as
+    an HSV shift of the same angle (exactly R→G→B at 120°) and is linear. Contrast's offset is
+    added per frame by :func:`color_jitter`.
+    """
+    sat = saturation * torch.eye(3) + (1 - saturation) * torch.ones(3, 1) * _GRAY[None]
+    t = 2 * np.pi * hue
+    k = np.ones(3) / np.sqrt(3)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    hue_m = torch.tensor(np.cos(t) * np.eye(3) + np.sin(t) * cross + (1 - np.cos(t)) * np.outer(k, k),
+                         dtype=torch.float32)
+    return contrast * brightness * (hue_m @ sat)
 
 
 def color_jitter(frames: torch.Tensor, seed: int, strength: Sequence[float] = JITTER) -> torch.Tensor:
-    """One draw of ColorJitter(b, c, s, h) from ``seed`` applied to every frame of [N, 3, H, W] uint8."""
-    rng = np.random.default_rng(seed)
-    b, c, s, h = strength
-    factors = {
-        "b": rng.uniform(max(0.0, 1 - b), 1 + b), "c": rng.uniform(max(0.0, 1 - c), 1 + c),
-        "s": rng.uniform(max(0.0, 1 - s), 1 + s), "h": rng.uniform(-h, h),
-    }
-    for op in rng.permutation(["b", "c", "s", "h"]):
-        if op == "b":
-            frames = TF.adjust_brightness(frames, factors["b"])
-        elif op == "c":
-            frames = TF.adjust_contrast(frames, factors["c"])
-        elif op == "s":
-            frames = TF.adjust_saturation(frames, factors["s"])
-        else:
-            frames = TF.adjust_hue(frames, factors["h"])
-    return frames
+    """One ColorJitter draw from ``seed`` applied to every frame of [N, 3, H, W] uint8.
+
+    The four adjustments compose to one affine colour transform per frame, y = A·x + o, where o =
+    (1 − contrast)·brightness·mean luma of the frame (greys are fixed points of saturation and
+    hue), so a frame costs one 3×3 matmul instead of torchvision's RGB→HSV→RGB round trip (~10×
+    faster); the differences from torchvision's ColorJitter: a fixed order (b, c, s, h), no
+    clamping between steps, and hue as a rotation about the grey axis rather than an HSV shift.
+    """
+    b, c, s, h = jitter_factors(seed, strength)
+    x = frames.float()
+    mean_luma = torch.einsum("c,nchw->n", _GRAY, x) / (x.shape[-1] * x.shape[-2])
+    y = torch.einsum("ij,njhw->nihw", jitter_matrix(b, c, s, h), x)
+    y += ((1 - c) * b * mean_luma).view(-1, 1, 1, 1)
+    return y.clamp_(0, 255).round_().to(torch.uint8)
 
 
 class FeatureDataset(Dataset):

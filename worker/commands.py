@@ -149,6 +149,17 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, docker stop, a test) unwinds like Ctrl-C, so the stack is stopped."""
+    import signal
+
+    def raise_interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, raise_interrupt)
+
+
 def _announce(settings: Any) -> None:
     from worker.embedded import login_hint, wait_for_port
 
@@ -165,6 +176,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     upgrade(settings.db_url)
+    _stop_on_sigterm()
     print(f"database: {settings.db_url}\nbroker: {settings.broker}", flush=True)
     with local_stack(settings, workers=args.workers, dashboard=not args.no_dashboard,
                      concurrency=args.concurrency) as stack:
@@ -208,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{dataset}: not a folder", file=sys.stderr)
         return 2
     pid = _submit(settings, dataset, args.preset, args.overrides, args.name)
+    _stop_on_sigterm()
     if args.no_follow:
         return 0
     with local_stack(settings, workers=args.workers, dashboard=False) as stack:
@@ -228,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (dataset / "Annotations.txt").is_file():
         print(f"generating a synthetic dataset in {dataset} ...", flush=True)
         generate(dataset, classes=args.classes, videos_per_class=args.videos_per_class, seconds=args.seconds)
+    _stop_on_sigterm()
     with local_stack(settings, workers=args.workers, dashboard=not args.no_dashboard,
                      concurrency=args.concurrency) as stack:
         pid = _submit(settings, dataset, args.preset, args.overrides, args.name or f"demo-{args.preset}")

@@ -7,7 +7,9 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from sta_models import datasets as D
 from sta_models.datasets import FeatureDataset, color_jitter, feature_path, prepare_batch
@@ -27,8 +29,9 @@ def test_s_items_are_resized_uint8_without_augmentation_at_eval(tmp_path: Path) 
     item = ds[1]
     assert item["image"].dtype == torch.uint8 and tuple(item["image"].shape) == (3, 32, 32)
     assert (item["label"], item["second"], item["row"]) == (1, 2, 0)
-    expected = cv2.resize(_stored(tmp_path / "a.h5", 2), (32, 32), interpolation=cv2.INTER_AREA)
-    assert torch.equal(item["image"], torch.from_numpy(expected).permute(2, 0, 1))
+    stored = torch.from_numpy(_stored(tmp_path / "a.h5", 2)).permute(2, 0, 1).float()
+    expected = F.interpolate(stored[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+    assert (item["image"].float() - expected).abs().max() <= 1.0  # uint8 rounding only
     assert torch.equal(ds[(1, 999)]["image"], item["image"])  # train=False: seeds never augment
     D.close_handles()
 
@@ -112,3 +115,44 @@ def test_prepare_batch_normalises_on_device() -> None:
     assert out["image"].dtype == torch.float32
     assert torch.allclose(out["image"][0, :, 0, 0], expected)
     assert torch.equal(out["label"], batch["label"])
+
+
+@pytest.mark.timeout(120)
+def test_worker_processes_give_the_same_batches(tmp_path: Path) -> None:
+    """Same samples and the same jitter with 0 or 2 workers (aug seeds come from the sampler).
+
+    The parent uses OpenCV's thread pool first: forked workers must not touch it (that deadlocked).
+    """
+    from sta_models.trainer import SeededSampler, make_loader
+
+    cv2.GaussianBlur(np.zeros((360, 640, 3), np.uint8), (0, 0), 3)
+    for v in ("a", "b"):
+        write_features(tmp_path / f"{v}.h5", 0, seconds=4, seed=ord(v))
+    ds = FeatureDataset([make_row("a", 0, 0, 4), make_row("b", 1, 0, 4)], tmp_path, "st", 32, train=True)
+    runs = []
+    for workers in (0, 2):
+        loader = make_loader(ds, 3, sampler=SeededSampler(len(ds), seed=5), workers=workers)
+        runs.append([(b["frames"], b["label"], b["second"]) for b in loader])
+        del loader
+    assert len(runs[0]) == len(runs[1]) == 3
+    for (f0, l0, s0), (f1, l1, s1) in zip(*runs, strict=True):
+        assert torch.equal(f0, f1) and torch.equal(l0, l1) and torch.equal(s0, s1)
+    D.close_handles()
+
+
+def test_fast_jitter_matches_torchvision_where_it_should() -> None:
+    """Brightness, contrast and saturation equal torchvision's (no clamping involved); hue keeps
+    greys grey and maps R→G→B at 1/3 turn, like an HSV hue shift."""
+    import torchvision.transforms.v2.functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(90, 160, (2, 3, 16, 16), generator=g, dtype=torch.uint8)
+    b, c, s, _ = D.jitter_factors(11)
+    ref = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s)
+    mine = D.color_jitter(x, 11, strength=(0.3, 0.3, 0.3, 0.0))
+    diff = (mine.int() - ref.int()).abs()  # torchvision rounds to uint8 after every step
+    assert diff.max() <= 3 and diff.float().mean() <= 2
+    grey = torch.full((1, 3, 4, 4), 120, dtype=torch.uint8)
+    assert torch.equal(D.color_jitter(grey, 3, strength=(0.0, 0.0, 0.0, 0.1)), grey)
+    rgb = torch.tensor([200.0, 60.0, 60.0])
+    assert torch.allclose(D.jitter_matrix(1, 1, 1, 1 / 3) @ rgb, torch.tensor([60.0, 200.0, 60.0]), atol=1e-3)
