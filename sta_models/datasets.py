@@ -80,38 +80,71 @@ def jitter_factors(seed: int, strength: Sequence[float] = JITTER) -> tuple[float
             float(rng.uniform(max(0.0, 1 - s), 1 + s)), float(rng.uniform(-h, h)))
 
 
-def jitter_matrix(brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
-    """The 3×3 colour matrix of brightness → contrast (without its mean term) → saturation → hue.
+def jitter_matrices(factors: torch.Tensor) -> torch.Tensor:
+    """[B, 4] (brightness, contrast, saturation, hue) → [B, 3, 3] colour matrices (vectorised).
 
-    Saturation blends with the luma (torchvision's weights); hue is a rotation by ``2π·hue`` about
-    the grey axis of the RGB cube (Rodrigues), which keeps greys grey, moves hues the same way as
-    an HSV shift of the same angle (exactly R→G→B at 120°) and is linear. Contrast's offset is
-    added per frame by :func:`color_jitter`.
+    brightness → contrast (without its mean term) → saturation → hue. Saturation blends with the
+    luma (torchvision's weights); hue is a rotation by ``2π·hue`` about the grey axis of the RGB
+    cube (Rodrigues), which keeps greys grey, moves hues the same way as an HSV shift of the same
+    angle (exactly R→G→B at 1/3 turn) and is linear. Contrast's offset is added per frame by
+    :func:`apply_jitter`.
     """
-    sat = saturation * torch.eye(3) + (1 - saturation) * torch.ones(3, 1) * _GRAY[None]
-    t = 2 * np.pi * hue
-    k = np.ones(3) / np.sqrt(3)
-    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    hue_m = torch.tensor(np.cos(t) * np.eye(3) + np.sin(t) * cross + (1 - np.cos(t)) * np.outer(k, k),
-                         dtype=torch.float32)
-    return contrast * brightness * (hue_m @ sat)
+    f = factors.to(torch.float64)
+    b, c, s, h = f.unbind(1)
+    eye = torch.eye(3, dtype=torch.float64)
+    gray = _GRAY.to(torch.float64)
+    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * torch.ones(3, 1, dtype=torch.float64) * gray
+    k = torch.full((3,), 3 ** -0.5, dtype=torch.float64)
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64)
+    t = 2 * torch.pi * h
+    hue = (torch.cos(t)[:, None, None] * eye + torch.sin(t)[:, None, None] * cross
+           + (1 - torch.cos(t))[:, None, None] * torch.outer(k, k))
+    return ((c * b)[:, None, None] * (hue @ sat)).float()
+
+
+def jitter_matrix(brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
+    """One [3, 3] colour matrix (see :func:`jitter_matrices`)."""
+    return jitter_matrices(torch.tensor([[brightness, contrast, saturation, hue]]))[0]
+
+
+NO_JITTER = (1.0, 1.0, 1.0, 0.0)
+
+
+def apply_jitter(x: torch.Tensor, factors: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+    """Per-sample colour jitter on float images in [0, 255], batched: [B, (T,) 3, H, W], factors [B, 4].
+
+    The four adjustments compose to one affine colour transform per frame, y = A·x + o, with
+    o = (1 − contrast)·brightness·(mean luma of the frame) — greys are fixed points of saturation
+    and hue — so a whole batch costs one batched 3×3 matmul instead of torchvision's per-image
+    RGB→HSV→RGB round trip. Differences from torchvision's ColorJitter: a fixed order (b, c, s, h),
+    no clamping or uint8 rounding between steps, hue as a rotation about the grey axis.
+    ``normalise=True`` folds the ImageNet normalisation into the same matmul (the clamp to
+    [0, 255] becomes a per-channel clamp in normalised units).
+    """
+    shape = x.shape
+    flat = x.reshape(shape[0], -1, 3, shape[-2] * shape[-1])  # [B, T, 3, P]
+    dev, dt = x.device, x.dtype
+    mats = jitter_matrices(factors.cpu()).to(dev, dt)  # [B, 3, 3]
+    b, c = factors[:, 0].to(dev, dt), factors[:, 1].to(dev, dt)
+    mean_luma = (flat.mean(-1) * _GRAY.to(dev, dt)).sum(-1)  # [B, T]
+    offset = (((1 - c) * b)[:, None] * mean_luma)[:, :, None, None]  # [B, T, 1, 1]
+    lo, hi = torch.zeros(3, 1, device=dev, dtype=dt), torch.full((3, 1), 255.0, device=dev, dtype=dt)
+    if normalise:
+        mean = torch.tensor(IMAGENET_MEAN, device=dev, dtype=dt)[:, None]
+        scale = 1.0 / (255.0 * torch.tensor(IMAGENET_STD, device=dev, dtype=dt)[:, None])  # [3, 1]
+        mats = scale * mats
+        offset = scale * offset - mean * 255.0 * scale
+        lo, hi = -mean * 255.0 * scale, (1 - mean) * 255.0 * scale
+    n_t = flat.shape[1]
+    y = torch.baddbmm(offset.expand(-1, -1, 3, 1).reshape(-1, 3, 1),  # matmul and offset in one pass
+                      mats.repeat_interleave(n_t, dim=0), flat.reshape(-1, 3, flat.shape[-1]))
+    return y.clamp_(lo, hi).reshape(shape)
 
 
 def color_jitter(frames: torch.Tensor, seed: int, strength: Sequence[float] = JITTER) -> torch.Tensor:
-    """One ColorJitter draw from ``seed`` applied to every frame of [N, 3, H, W] uint8.
-
-    The four adjustments compose to one affine colour transform per frame, y = A·x + o, where o =
-    (1 − contrast)·brightness·mean luma of the frame (greys are fixed points of saturation and
-    hue), so a frame costs one 3×3 matmul instead of torchvision's RGB→HSV→RGB round trip (~10×
-    faster); the differences from torchvision's ColorJitter: a fixed order (b, c, s, h), no
-    clamping between steps, and hue as a rotation about the grey axis rather than an HSV shift.
-    """
-    b, c, s, h = jitter_factors(seed, strength)
-    x = frames.float()
-    mean_luma = torch.einsum("c,nchw->n", _GRAY, x) / (x.shape[-1] * x.shape[-2])
-    y = torch.einsum("ij,njhw->nihw", jitter_matrix(b, c, s, h), x)
-    y += ((1 - c) * b * mean_luma).view(-1, 1, 1, 1)
-    return y.clamp_(0, 255).round_().to(torch.uint8)
+    """One draw from ``seed`` applied to every frame of [N, 3, H, W] uint8 (uint8 out; for people/tests)."""
+    factors = torch.tensor([jitter_factors(seed, strength)])
+    return apply_jitter(frames.float()[None], factors)[0].round_().to(torch.uint8)
 
 
 class FeatureDataset(Dataset):
@@ -120,7 +153,8 @@ class FeatureDataset(Dataset):
     Items (dicts, default-collatable): ``image`` [3, S, S] uint8 (S, SA) or ``frames`` [3, 3, S, S]
     uint8 (ST: t−1, t, t+1 clamped to the event), ``audio`` [1, 81, 199] float32 (SA; ST with
     ``with_audio`` gives ``audios`` [3, 1, 81, 199], each from the same second as its frame),
-    ``label``, ``row`` (index into ``rows``) and ``second``.
+    ``label``, ``row`` (index into ``rows``), ``second`` and ``jitter`` [4] (the sample's colour
+    jitter factors, identity unless training; applied by :func:`prepare_batch`).
     ``excluded`` counts what was left out and why (goes into the stage record); with
     ``skip_invalid_audio=False`` (CAMs) silent seconds stay in, with their zero spectrogram.
     """
@@ -180,9 +214,9 @@ class FeatureDataset(Dataset):
         lo, hi = min(seconds), max(seconds)
         block = f["frames"][lo : hi + 1]  # one contiguous read
         frames = resize_frames(block[[s - lo for s in seconds]], self.input_size)
-        if self.train and aug_seed is not None:
-            frames = color_jitter(frames, aug_seed)
-        out: dict[str, Any] = {"label": int(self.rows[i].category_id), "row": i, "second": k}
+        jitter = jitter_factors(aug_seed) if self.train and aug_seed is not None else NO_JITTER
+        out: dict[str, Any] = {"label": int(self.rows[i].category_id), "row": i, "second": k,
+                               "jitter": torch.tensor(jitter, dtype=torch.float32)}
         if self.kind == "st":
             out["frames"] = frames
         else:
@@ -197,28 +231,35 @@ class FeatureDataset(Dataset):
         return out
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    shape = [1] * x.dim()
-    shape[-3] = 3
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(shape)
-    return (x.float() / 255.0 - mean) / std
-
-
 def prepare_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move a collated batch to ``device``; uint8 images become ImageNet-normalised float32 there.
+    """Move a collated batch to ``device``; uint8 images become float32 there, batched:
+    the sample's colour jitter (``jitter`` factors, if any differs from identity), then ImageNet
+    normalisation. On a GPU the whole augmentation costs the workers nothing.
 
     4-d images go channels_last on CUDA (the layout bf16 convolutions are fastest in).
     """
     out: dict[str, Any] = {}
     cuda = device.type == "cuda"
+    jitter = batch.get("jitter")
+    if isinstance(jitter, torch.Tensor) and bool((jitter != torch.tensor(NO_JITTER)).any()):
+        jitter = jitter.float()
+    else:
+        jitter = None
     for key, value in batch.items():
         if not isinstance(value, torch.Tensor):
             out[key] = value
             continue
         value = value.to(device, non_blocking=cuda)
         if key in ("image", "frames"):
-            value = _normalise(value)
+            x = value.float()
+            if jitter is not None:
+                value = apply_jitter(x, jitter, normalise=True)
+            else:
+                shape = [1] * x.dim()
+                shape[-3] = 3
+                std = torch.tensor(IMAGENET_STD, device=device).view(shape)
+                shift = -torch.tensor(IMAGENET_MEAN, device=device).view(shape) / std
+                value = torch.addcmul(shift, x, 1.0 / (255.0 * std))  # (x / 255 − mean) / std, one pass
             if cuda and value.dim() == 4:
                 value = value.contiguous(memory_format=torch.channels_last)
         out[key] = value

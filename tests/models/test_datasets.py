@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sta_models import datasets as D
-from sta_models.datasets import FeatureDataset, color_jitter, feature_path, prepare_batch
+from sta_models.datasets import FeatureDataset, feature_path, prepare_batch
 
 from .conftest import make_row, write_features
 
@@ -39,12 +39,24 @@ def test_s_items_are_resized_uint8_without_augmentation_at_eval(tmp_path: Path) 
 def test_train_jitter_is_per_sample_and_seeded(tmp_path: Path) -> None:
     write_features(tmp_path / "a.h5", 0, seconds=4)
     ds = FeatureDataset([make_row("a", 0, 0, 4)], tmp_path, "st", 32, train=True)
-    plain = ds[1]["frames"]
-    j1, j2, j3 = ds[(1, 7)]["frames"], ds[(1, 7)]["frames"], ds[(1, 8)]["frames"]
-    assert torch.equal(j1, j2) and not torch.equal(j1, j3) and not torch.equal(j1, plain)
-    # one draw for all frames: the jitter of a stack equals the jitter of each frame alone
+    plain = ds[1]
+    j1, j2, j3 = ds[(1, 7)], ds[(1, 7)], ds[(1, 8)]
+    assert plain["jitter"].tolist() == list(D.NO_JITTER)
+    assert torch.equal(j1["jitter"], j2["jitter"]) and not torch.equal(j1["jitter"], j3["jitter"])
+    assert torch.equal(j1["frames"], plain["frames"])  # raw frames travel; the jitter is applied batched
+    eval_ds = FeatureDataset([make_row("a", 0, 0, 4)], tmp_path, "st", 32, train=False)
+    assert eval_ds[(1, 7)]["jitter"].tolist() == list(D.NO_JITTER)  # never at eval / CAM time
+
+    batch = torch.utils.data.default_collate([j1, j3, plain])
+    out = prepare_batch(batch, torch.device("cpu"))["frames"]
+    raw = prepare_batch({**batch, "jitter": torch.tensor([D.NO_JITTER] * 3)}, torch.device("cpu"))["frames"]
+    assert torch.allclose(raw[2], out[2], atol=1e-5) and not torch.allclose(raw[0], out[0], atol=1e-2)
+    # one draw for all frames of a sample: the batched result equals jittering each frame alone
+    mean = torch.tensor(D.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(D.IMAGENET_STD).view(3, 1, 1)
     for k in range(3):
-        assert torch.equal(j1[k], color_jitter(plain[k : k + 1], 7)[0])
+        alone = D.color_jitter(j1["frames"][k : k + 1], 7)[0].float()
+        assert (((alone / 255 - mean) / std) - out[0, k]).abs().max() < 0.01  # uint8 rounding only
     D.close_handles()
 
 
