@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.datasets import FeatureDataset, open_h5, prepare_batch
 from sta_models.networks.branches import run_branch
-from sta_models.trainer import autocast_for, load_checkpoint, resolve_device
+from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
 from sta_models.training import load_branch
 
 PREVIEWS_PER_ROW = 3
@@ -99,7 +99,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
         raise ValueError(f"{checkpoint} holds branch {ckpt['meta'].get('branch')!r}, not {branch!r}")
     model = load_branch(ckpt, dev)
     if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     size = input_size or int(ckpt["meta"]["input_size"])
     ds = FeatureDataset(rows, feature_dir, branch, size, train=False, skip_invalid_audio=False)  # type: ignore[arg-type]
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,

@@ -175,7 +175,9 @@ def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_d
     page.screenshot(path=str(shots / "02-new-pipeline-errors.png"), full_page=True)
     page.fill("#dataset_root", synth_root.name)
     page.fill("input[name='coarse.s.epochs']", str(WATCHED_EPOCHS))
-    for field in ("fine.s.epochs", "fine.sa.epochs", "fine.st.epochs", "sta.epochs"):
+    page.fill("input[name='coarse.s.input_size']", "64")  # keep the watched epochs short
+    for field in ("coarse.sa.epochs", "coarse.st.epochs", "fine.s.epochs", "fine.sa.epochs", "fine.st.epochs",
+                  "sta.epochs"):
         page.fill(f"input[name='{field}']", "1")
     page.click("#new-pipeline button[type=submit]")
     assert re.search(r"/pipelines/\d+$", page.url), page.url
