@@ -151,5 +151,5 @@ def preset(name: str) -> PipelineConfig:
     if name == "tiny":
         return _small("tiny", size=112, coarse_in=96, fine_in=96, epochs=6, sta_epochs=6, min_box=32)
     if name == "demo":
-        return _small("demo", size=160, coarse_in=96, fine_in=128, epochs=4, sta_epochs=6, min_box=45)
+        return _small("demo", size=160, coarse_in=96, fine_in=112, epochs=6, sta_epochs=8, min_box=45)
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,15 @@ class Stack:
         return proc
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every group (Celery: warm shutdown), then SIGKILL what is left."""
+        """SIGTERM every group (Celery: warm shutdown), then SIGKILL what is left.
+
+        A second Ctrl-C or SIGTERM while stopping must not abandon the children half-stopped, so
+        both are ignored until every group is gone.
+        """
+        with _signals_ignored():
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         for _, proc in self.procs:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -53,6 +62,19 @@ class Stack:
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.procs if proc.poll() is not None]
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
