@@ -22,7 +22,6 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -33,30 +32,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sta_models.ave import AnnotationRow as Row  # noqa: E402
 from sta_models.datasets import FeatureDataset, close_handles, prepare_batch  # noqa: E402
 from sta_models.networks import branch_loss, build_branch, param_groups, run_branch  # noqa: E402
 from sta_models.trainer import SeededSampler, autocast_for, build_optimizer, make_loader  # noqa: E402
 
 SECTION = "## Data loading and training step (issue 3)"
 NATIVE = (640, 360)  # a typical AVE frame size (width, height)
-
-
-@dataclass(frozen=True)
-class Row:
-    category: str
-    category_id: int
-    video_id: str
-    start: int
-    end: int
-    line: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{self.video_id}.c{self.category_id:02d}"
-
-    @property
-    def seconds(self) -> range:
-        return range(self.start, self.end)
 
 
 def natural_frame(rng: np.random.Generator, w: int, h: int) -> np.ndarray:

@@ -1,12 +1,7 @@
-"""Fixtures for the classifier-branch tests: tiny hand-made feature files and rows.
-
-Rows use ``sta_models.ave.AnnotationRow`` when it exists, else a stand-in with the same interface
-(``key``, ``seconds``), so these tests do not wait on the data area.
-"""
+"""Fixtures for the classifier-branch tests: tiny hand-made feature files and rows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -14,28 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from sta_models.ave import AnnotationRow as Row
+
 torch.set_num_threads(2)
-
-try:
-    from sta_models.ave import AnnotationRow as Row  # type: ignore[attr-defined]
-except ImportError:  # the data area has not landed yet
-
-    @dataclass(frozen=True)
-    class Row:  # type: ignore[no-redef]
-        category: str
-        category_id: int
-        video_id: str
-        start: int
-        end: int
-        line: int = 0
-
-        @property
-        def key(self) -> str:
-            return f"{self.video_id}.c{self.category_id:02d}"
-
-        @property
-        def seconds(self) -> range:
-            return range(self.start, self.end)
 
 
 def make_row(video_id: str, category_id: int, start: int, end: int) -> Row:
