@@ -5,7 +5,7 @@ CAMs → pseudo-GT → STA → evaluation) in a fresh home, then prints, side by
 ground truth: the STA model, the centre-bias baseline, and the pseudo ground truth itself (how good
 the maps STA learnt from are), plus the wall time of every stage.
 
-    python bench/bench_end_to_end.py [--preset demo] [--classes 4] [--videos-per-class 8] [--seconds 6]
+    python bench/bench_end_to_end.py [--preset demo] [--classes 4] [--videos-per-class 6] [--seconds 6]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--classes", type=int, default=4)
-    ap.add_argument("--videos-per-class", type=int, default=8)
+    ap.add_argument("--videos-per-class", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=6)
     args = ap.parse_args()
 

@@ -47,12 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("demo", help="synthetic dataset + embedded stack + full pipeline + evaluation table")
     _pipeline_args(p, default_preset="demo")
-    p.add_argument("--classes", type=int, default=3)
-    p.add_argument("--videos-per-class", type=int, default=8)
-    p.add_argument("--seconds", type=int, default=6)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--no-dashboard", action="store_true")
+    # 4 x 6 clips of 6 s: the demo preset finishes in about 8 minutes on 2 CPU cores (bench/RESULTS.md)
+    p.add_argument("--classes", type=int, default=4, help="sound classes in the synthetic dataset")
+    p.add_argument("--videos-per-class", type=int, default=6)
+    p.add_argument("--seconds", type=int, default=6, help="length of each synthetic clip")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--concurrency", type=int, default=2, help="tasks per worker process")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.set_defaults(func=cmd_demo)
 
 
