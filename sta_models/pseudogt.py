@@ -64,14 +64,18 @@ def to_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     ``out`` (a C-contiguous float32 array of ``a``'s shape) receives the values instead.
     """
     a = np.asarray(a)
-    if a.dtype != np.float16 or a.size == 0:
+    if a.dtype != np.float16 or a.size == 0 or a.ndim == 0:
         if out is None:
             return np.asarray(a, np.float32)
         np.copyto(out, a, casting="unsafe")
         return out
     flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])  # 2-D: one channel for OpenCV
-    if out is None:
-        return cv2.multiply(flat, 1.0, dtype=cv2.CV_32F).reshape(a.shape)
+    if out is None or not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == a.shape):
+        res = cv2.multiply(flat, 1.0, dtype=cv2.CV_32F).reshape(a.shape)
+        if out is None:
+            return res
+        np.copyto(out, res, casting="unsafe")
+        return out
     dst = out.reshape(flat.shape)  # a view: OpenCV writes into it
     if cv2.multiply(flat, 1.0, dst=dst, dtype=cv2.CV_32F) is not dst:  # pragma: no cover - defensive
         raise RuntimeError("OpenCV did not write into the given buffer")
@@ -81,7 +85,7 @@ def to_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def to_float16(a: np.ndarray) -> np.ndarray:
     """float32 → float16 through OpenCV: round to nearest even like numpy's cast (bit-exact), faster."""
     a = np.asarray(a)
-    if a.dtype != np.float32 or a.size == 0:
+    if a.dtype != np.float32 or a.size == 0 or a.ndim == 0:
         return np.asarray(a, np.float16)
     flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
     return cv2.multiply(flat, 1.0, dtype=cv2.CV_16F).reshape(a.shape)
@@ -216,16 +220,11 @@ def _crop_resize_inplace(frames: np.ndarray, index: Iterable[int], boxes: np.nda
 def paste_maps(cams: np.ndarray, boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     """Resize each map [n, h, w] to its box and paste it into a zero canvas [n, H, W] (float32)."""
     out = np.zeros((len(cams),) + tuple(canvas), dtype=np.float32)
-    _paste_into(out, range(len(cams)), to_float32(cams), boxes)
-    return out
-
-
-def _paste_into(out: np.ndarray, slots: Iterable[int], cams: np.ndarray, boxes: np.ndarray) -> None:
-    """``out[slots[i]]`` (zero) ← float32 map ``cams[i]`` resized to ``boxes[i]`` and pasted there."""
-    for i, (slot, cam, box) in enumerate(zip(slots, cams, boxes, strict=True)):
+    for i, (cam, box) in enumerate(zip(cams, boxes, strict=True)):
         y0, x0, y1, x1 = (int(v) for v in box)
         if y1 > y0 and x1 > x0:
-            out[slot, y0:y1, x0:x1] = cv2.resize(cams[i], (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+            out[i, y0:y1, x0:x1] = cv2.resize(to_float32(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -312,11 +311,12 @@ class _Scratch:
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
 
-    def zeros(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    def zeros(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32, fill: bool = True) -> np.ndarray:
+        """The buffer ``key`` of this shape and dtype, zeroed (``fill=False``: contents left over)."""
         buf = self._bufs.get(key)
         if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
             buf = self._bufs[key] = np.zeros(shape, dtype)
-        else:
+        elif fill:
             buf.fill(0)
         return buf
 
@@ -339,7 +339,8 @@ class _Gathered:
         With ``scratch`` the result lives in its reused buffer (valid until the next call).
         """
         shape = (len(self.names), self.index.shape[1]) + tuple(size)
-        out = np.zeros(shape, dtype=np.float32) if scratch is None else scratch.zeros("stack", shape)
+        full = boxes is None and bool(np.all(self.index >= 0))  # every map overwritten: no zeroing
+        out = np.zeros(shape, dtype=np.float32) if scratch is None else scratch.zeros("stack", shape, fill=not full)
         for b, name in enumerate(self.names):
             c = self.loaded[name]
             js = np.flatnonzero(self.index[b] >= 0)
