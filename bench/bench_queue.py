@@ -7,7 +7,9 @@ filesystem broker in a temporary home):
 1. time from submit to the first extraction task starting;
 2. extraction of N short synthetic videos through the queue (one Celery task per video, a worker
    with ``--concurrency procs``) vs ``extract_video`` in a ``ProcessPoolExecutor(procs)``;
-   overhead ratio = queue wall time / pool wall time (target <= 1.15);
+   overhead ratio = queue wall time / pool wall time (target <= 1.15); with ``--repeat N`` the two
+   are measured N times alternately on the same clips and the median ratio is reported (the
+   machine is shared, so one pair can be off by 10 %);
 3. orchestration overhead per stage: claim + finish + advance against the database, in process
    (no library work), and the broker latency queued -> started observed for the extract stage.
 """
@@ -155,6 +157,7 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--repeat", type=int, default=1, help="alternate direct/queue this many times (median ratio)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="stapipe-bench-"))
@@ -173,12 +176,18 @@ def main() -> int:
     print(f"generated {n} videos of {args.seconds} s in {time.perf_counter() - t0:.0f} s "
           f"(db {settings.db_url.split('://')[0]}, broker {settings.broker.split('://')[0]})", flush=True)
 
-    t_direct = direct(dataset, home / "direct", args.size, args.procs)
-    print(f"direct pool ({args.procs} procs): {t_direct:.1f} s = {n / t_direct:.1f} videos/s", flush=True)
-    q = through_queue(dataset, home, args.size, args.procs)
-    print(f"queue ({args.procs} procs): {q['queue_wall']:.1f} s = {q['items'] / q['queue_wall']:.1f} videos/s "
-          f"({q['items_ok']}/{q['items']} ok, {q['item_mean_s']:.2f} s per video)", flush=True)
-    print(f"overhead ratio queue/direct: {q['queue_wall'] / t_direct:.2f} (target <= 1.15)")
+    ratios: list[float] = []
+    for r in range(args.repeat):
+        t_direct = direct(dataset, home / f"direct{r}", args.size, args.procs)  # fresh outputs each round
+        print(f"[{r + 1}] direct pool ({args.procs} procs): {t_direct:.1f} s = {n / t_direct:.1f} videos/s", flush=True)
+        q = through_queue(dataset, home, args.size, args.procs)
+        print(f"[{r + 1}] queue ({args.procs} procs): {q['queue_wall']:.1f} s = {q['items'] / q['queue_wall']:.1f} "
+              f"videos/s ({q['items_ok']}/{q['items']} ok, {q['item_mean_s']:.2f} s per video)", flush=True)
+        ratios.append(q["queue_wall"] / t_direct)
+        print(f"[{r + 1}] overhead ratio queue/direct: {ratios[-1]:.2f}; queue cost per video per process "
+              f"{1000 * (q['queue_wall'] - t_direct) * args.procs / n:.0f} ms", flush=True)
+    print(f"overhead ratio queue/direct: {statistics.median(ratios):.2f} (median of {len(ratios)}: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}; target <= 1.15)")
     print(f"submit -> extract stage claimed: {q['submit_to_stage_start']:.2f} s; "
           f"submit -> first extraction task started: {q['submit_to_first_item']:.2f} s")
     o = orchestration_overhead(dataset)

@@ -36,7 +36,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             # file system, where the move is a copy + delete and two consumers can both read it)
             "store_processed": True,
             "processed_folder": str(folder / "processed"),
-            "polling_interval": 0.05,
+            "polling_interval": 0.01,
         }
     # Redis: a message delivered but not acknowledged (acks_late → until the task ends) goes
     # back to the queue after visibility_timeout. It must exceed the longest stage, or hour-long

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -298,17 +298,21 @@ def artefact_kind(stage_kind: str, path: Path) -> str:
     return "file"
 
 
+def upsert_artefact(session: Session, stage_id: int, stage_kind: str, path: Path, size: int, sha256: str) -> None:
+    """INSERT … ON CONFLICT (stage_id, path) DO UPDATE: one statement on SQLite and PostgreSQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(Artefact).values(stage_id=stage_id, kind=artefact_kind(stage_kind, path), path=str(path),
+                                   size=size, sha256=sha256, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_update(index_elements=["stage_id", "path"],
+                                               set_={"size": stmt.excluded.size, "sha256": stmt.excluded.sha256}))
+
+
 def record_artefact(session: Session, stage_id: int, stage_kind: str, path: Path) -> None:
     """Upsert one artefact row (path, size, sha256) — idempotent across attempts."""
-    st = path.stat()
-    digest = sha256_file(path)
-    existing = session.scalars(select(Artefact).where(Artefact.stage_id == stage_id,
-                                                      Artefact.path == str(path))).one_or_none()
-    if existing is None:
-        session.add(Artefact(stage_id=stage_id, kind=artefact_kind(stage_kind, path), path=str(path),
-                             size=st.st_size, sha256=digest))
-    else:
-        existing.size, existing.sha256 = st.st_size, digest
+    upsert_artefact(session, stage_id, stage_kind, path, path.stat().st_size, sha256_file(path))
 
 
 def record_folder(session: Session, stage_id: int, stage_kind: str, folder: Path) -> int:
@@ -438,28 +442,128 @@ def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | N
 # extraction items
 
 
-def claim_item(session: Session, item_id: int, token: str, host: str) -> ExtractionItem | None:
-    item = session.get(ExtractionItem, item_id, populate_existing=True)
-    if item is None or item.celery_task_id != token or item.status not in (ItemStatus.QUEUED, ItemStatus.RUNNING):
+@dataclass(frozen=True)
+class ItemJob:
+    """What an ``extract_item`` task needs, read in its claim transaction."""
+
+    item_id: int
+    token: str
+    stage_id: int
+    video_id: str
+    video: Path
+    out: Path
+    size: int
+    log_path: str | None
+    skip: bool  # the stage is no longer running or a cancel was requested: record "cancelled"
+
+
+def _returning(session: Session, stmt: Any, columns: tuple[Any, ...], reread: Any) -> Any:
+    """Execute a conditional UPDATE and return ``columns`` of the updated row (``None`` when no row
+    matched) in the same round trip with ``RETURNING`` (PostgreSQL, SQLite >= 3.35); otherwise
+    re-read them with ``reread`` (a SELECT of ``columns``) inside the same transaction."""
+    opts = {"synchronize_session": False}
+    if session.get_bind().dialect.update_returning:
+        return session.execute(stmt.returning(*columns), execution_options=opts).one_or_none()
+    if session.execute(stmt, execution_options=opts).rowcount != 1:
+        return None
+    return session.execute(reread).one()
+
+
+def claim_item(session: Session, item_id: int, token: str, host: str) -> ItemJob | None:
+    """Claim one extraction item for this delivery (queued → running, attempts + 1) and read what
+    the task needs, in one transaction of two statements; ``None``: drop the message.
+
+    The claim is a conditional ``UPDATE … WHERE celery_task_id = :token AND status = 'queued'
+    RETURNING …`` (no SELECT first), so a duplicate, a stale redelivery or a message for an item
+    that was re-queued since finds nothing to claim. A redelivery of the *current* token while the
+    item is still running (its worker was lost) takes over once the item has been silent for
+    ``REDELIVERY_STALE_S``.
+    """
+    cols = (ExtractionItem.stage_id, ExtractionItem.video_id)
+    reread = select(*cols).where(ExtractionItem.id == item_id)
+    mine = (ExtractionItem.id == item_id, ExtractionItem.celery_task_id == token)
+    while True:
+        now = utcnow()
+        row = _returning(session, update(ExtractionItem).where(*mine, ExtractionItem.status == ItemStatus.QUEUED)
+                         .values(status=ItemStatus.RUNNING, attempts=ExtractionItem.attempts + 1,
+                                 worker_host=host, updated_at=now), cols, reread)
+        if row is not None:
+            break
         session.rollback()
-        return None
-    if item.status == ItemStatus.RUNNING:  # redelivered after its worker died: wait for silence
-        silent = (utcnow() - _aware(item.updated_at)).total_seconds()
+        # not queued: a running item with our token is a redelivery after its worker died
+        cur = session.execute(select(ExtractionItem.status, ExtractionItem.updated_at).where(*mine)).one_or_none()
+        session.rollback()
+        if cur is None or cur.status != ItemStatus.RUNNING:
+            return None  # stale or duplicate message
+        silent = (now - _aware(cur.updated_at)).total_seconds()
         if silent < REDELIVERY_STALE_S:
+            time.sleep(max(0.0, REDELIVERY_STALE_S - silent) + 0.1)
+            continue
+        row = _returning(session, update(ExtractionItem).where(
+            *mine, ExtractionItem.status == ItemStatus.RUNNING,
+            ExtractionItem.updated_at < now - timedelta(seconds=REDELIVERY_STALE_S))
+            .values(attempts=ExtractionItem.attempts + 1, worker_host=host, updated_at=now), cols, reread)
+        if row is None:
             session.rollback()
-            time.sleep(max(0.0, REDELIVERY_STALE_S - silent))
-            return claim_item(session, item_id, token, host)
-    res = session.execute(
-        update(ExtractionItem).where(ExtractionItem.id == item_id, ExtractionItem.celery_task_id == token,
-                                     ExtractionItem.status == item.status)
-        .values(status=ItemStatus.RUNNING, attempts=ExtractionItem.attempts + 1, worker_host=host,
-                updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+            return None  # another copy took it over first
+        break
+    stage = session.execute(
+        select(Stage.status, Stage.cancel_requested, Stage.output_dir, Stage.log_path, Pipeline.dataset_root,
+               Pipeline.config).join(Pipeline, Pipeline.id == Stage.pipeline_id).where(Stage.id == row.stage_id)
+    ).one()
+    if session.get_bind().dialect.name == "postgresql":
+        # The claim needs no WAL flush of its own (saves an fsync per video): if a PostgreSQL crash
+        # loses it, the item is simply still queued under this token, finish_item() then finds no
+        # running item and changes nothing, and recover_stale() sends the message again. A later
+        # durable commit (this item's result) flushes the claim with it, as WAL is sequential.
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     session.commit()
+    size = int((stage.config or {}).get("extract", {}).get("size", 356))
+    return ItemJob(
+        item_id=item_id, token=token, stage_id=row.stage_id, video_id=row.video_id,
+        video=Path(stage.dataset_root) / "AVE" / f"{row.video_id}.mp4",
+        out=Path(stage.output_dir or ".") / f"{row.video_id}.h5", size=size, log_path=stage.log_path,
+        skip=stage.status != StageStatus.RUNNING or bool(stage.cancel_requested),
+    )
+
+
+def finish_item(session: Session, job: ItemJob, status: str, reason: str | None, seconds: float,
+                artefact: tuple[int, str] | None = None) -> tuple[bool, bool]:
+    """Record an item's outcome and count it in the stage's live progress, in one transaction:
+    a conditional UPDATE of the item (still running under this claim's token), the artefact
+    upsert, and ``progress_done``/``progress_failed`` incremented in place (no COUNT(*)).
+
+    The item UPDATE makes each item count once: a superseded attempt (re-queued by recovery or a
+    re-run since it was claimed) changes nothing. Returns ``(recorded, maybe_last)``: whether this
+    attempt's result was recorded, and whether this item may have been the stage's last open one
+    (the counters reached the total while the stage is running) — the caller then runs :func:`finish_extract_if_done`, which re-checks with the item rows (authoritative)
+    and finishes the stage at most once. ``artefact`` is ``(size, sha256)`` of ``job.out``,
+    computed before the transaction so no lock is held while hashing.
+    """
+    now = utcnow()
+    ok = status == ItemStatus.SUCCEEDED
+    res = session.execute(
+        update(ExtractionItem).where(ExtractionItem.id == job.item_id, ExtractionItem.celery_task_id == job.token,
+                                     ExtractionItem.status == ItemStatus.RUNNING)
+        .values(status=status, reason=reason, seconds=seconds, updated_at=now,
+                output_path=str(job.out) if ok else None),
+        execution_options={"synchronize_session": False},
+    )
     if res.rowcount != 1:
-        return None
-    return session.get(ExtractionItem, item_id, populate_existing=True)
+        session.rollback()
+        return False, False
+    if ok and artefact is not None:
+        upsert_artefact(session, job.stage_id, "extract", job.out, *artefact)
+    cols = (Stage.status, Stage.progress_done, Stage.progress_failed, Stage.progress_total)
+    row = _returning(
+        session,
+        update(Stage).where(Stage.id == job.stage_id).values(
+            progress_done=Stage.progress_done + (1 if ok else 0),
+            progress_failed=Stage.progress_failed + (0 if ok else 1), updated_at=now),
+        cols, select(*cols).where(Stage.id == job.stage_id))
+    session.commit()
+    return True, row is not None and row.status == StageStatus.RUNNING and (
+        row.progress_done + row.progress_failed >= row.progress_total)
 
 
 def update_extract_progress(session: Session, stage_id: int) -> tuple[int, int, int]:

@@ -20,19 +20,22 @@ from celery import signals
 from sqlalchemy import select
 
 import worker.maintenance  # noqa: F401  (registers the recovery signals)
-from db.models import ExtractionItem, ItemStatus, Stage, StageStatus, utcnow
+from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.faults import maybe_inject
+from worker.logs import append_line
 from worker.settings import get_settings
 from worker.stage_runner import (
     FanOut,
     StageContext,
     _finite_json,
+    claim_item,
     execute_stage,
     finish_extract_if_done,
+    finish_item,
     one_line,
-    record_artefact,
+    sha256_file,
     update_extract_progress,
 )
 
@@ -94,22 +97,21 @@ def body_extract(ctx: StageContext) -> None:
     for p in ds.problems:
         ctx.callbacks.log(f"dataset problem: {p.path}:{p.line}: {p.reason}")
     video_ids = sorted({r.video_id for r in ds.rows})
-    messages: list[tuple[int, str]] = []
     with session_scope(ctx.url) as s:
         have = {i.video_id: i for i in s.scalars(select(ExtractionItem).where(ExtractionItem.stage_id == ctx.stage_id))}
-        for vid in video_ids:
-            if vid not in have:
-                item = ExtractionItem(stage_id=ctx.stage_id, pipeline_id=ctx.pipeline_id, video_id=vid)
-                s.add(item)
-                have[vid] = item
-        s.flush()
-        for item in have.values():
+        for item in have.values():  # a re-run or redelivered fan-out: re-queue what is not final
             if item.status in (ItemStatus.PENDING, ItemStatus.QUEUED, ItemStatus.RUNNING):
                 item.status = ItemStatus.QUEUED
                 item.celery_task_id = uuid.uuid4().hex
                 item.updated_at = utcnow()
-                messages.append((item.id, item.celery_task_id))
+        # new items are inserted already queued with their token: one batched INSERT, no UPDATEs
+        new = [ExtractionItem(stage_id=ctx.stage_id, pipeline_id=ctx.pipeline_id, video_id=vid,
+                              status=ItemStatus.QUEUED, celery_task_id=uuid.uuid4().hex, updated_at=utcnow())
+               for vid in video_ids if vid not in have]
+        s.add_all(new)
         s.flush()
+        messages = [(item.id, item.celery_task_id or "") for item in [*have.values(), *new]
+                    if item.status == ItemStatus.QUEUED]
         update_extract_progress(s, ctx.stage_id)
     ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do) at size {ctx.config.extract.size}")
     from worker.orchestration import _send_all
@@ -243,50 +245,45 @@ def run_stage(self: Any, stage_id: int) -> str:
 
 @app.task(name=TASK_ITEM, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def extract_item(self: Any, item_id: int) -> str:
-    """Extract one video of an extract stage; the last item to finish finishes the stage."""
-    from worker.logs import append_line
-    from worker.stage_runner import claim_item
+    """Extract one video of an extract stage; the last item to finish finishes the stage.
 
-    settings = get_settings()
-    url = settings.db_url
+    Two short transactions per video (see docs/decisions.md, "Extraction items"): the claim
+    (conditional UPDATE … RETURNING + one SELECT of the stage) and the result (item row, artefact
+    upsert and the stage's progress counters); the stage-level "all done?" check with COUNT(*)
+    runs only when the counters say this was the last item.
+    """
+    url = get_settings().db_url
     with session_scope(url) as s:
-        item = claim_item(s, item_id, self.request.id, _host(self))
-        if item is None:
-            return "dropped"
-        stage = s.get(Stage, item.stage_id)
-        assert stage is not None
-        size = int(stage.pipeline.config.get("extract", {}).get("size", 356))
-        video = Path(stage.pipeline.dataset_root) / "AVE" / f"{item.video_id}.mp4"
-        out = Path(stage.output_dir or ".") / f"{item.video_id}.h5"
-        stage_id, video_id, log_path = stage.id, item.video_id, stage.log_path
-        skip = stage.status != StageStatus.RUNNING or stage.cancel_requested
+        job = claim_item(s, item_id, self.request.id, _host(self))
+    if job is None:
+        return "dropped"
     t0 = time.perf_counter()
-    status, reason = ItemStatus.SUCCEEDED, None
-    if skip:
+    status, reason, artefact = ItemStatus.SUCCEEDED, None, None
+    if job.skip:
         status, reason = ItemStatus.FAILED, "cancelled"
     else:
         try:
-            maybe_inject(f"extract:{video_id}", 1, None)
+            maybe_inject(f"extract:{job.video_id}", 1, None)
             from sta_models.extraction import extract_video
 
-            extract_video(video, out, size=size, video_id=video_id)
+            extract_video(job.video, job.out, size=job.size, video_id=job.video_id)
         except Exception as exc:  # every failure is a per-video reason; the stage decides later
             status, reason = ItemStatus.FAILED, (str(exc).strip().splitlines() or [one_line(exc)])[0][:500]
     seconds = time.perf_counter() - t0
+    if status == ItemStatus.SUCCEEDED and not job.skip:
+        try:  # hashed here, outside the result transaction (no lock held while reading the file)
+            artefact = (job.out.stat().st_size, sha256_file(job.out))
+        except OSError as exc:
+            status, reason = ItemStatus.FAILED, one_line(exc)
     with session_scope(url) as s:
-        item = s.get(ExtractionItem, item_id)
-        assert item is not None
-        item.status, item.reason, item.seconds, item.updated_at = status, reason, seconds, utcnow()
-        item.output_path = str(out) if status == ItemStatus.SUCCEEDED else None
-        if status == ItemStatus.SUCCEEDED:
-            record_artefact(s, stage_id, "extract", out)
-        s.flush()
-        update_extract_progress(s, stage_id)
-    if log_path:
-        append_line(log_path, f"{video_id}: {'ok' if reason is None else 'FAILED ' + reason} ({seconds:.1f} s)")
-    with session_scope(url) as s:
-        finish_extract_if_done(s, stage_id)
-    return str(status)
+        recorded, maybe_last = finish_item(s, job, status, reason, seconds, artefact)
+    if job.log_path:
+        line = f"{job.video_id}: {'ok' if reason is None else 'FAILED ' + reason} ({seconds:.1f} s)"
+        append_line(job.log_path, line if recorded else f"{line}; superseded by a newer attempt, not recorded")
+    if maybe_last:
+        with session_scope(url) as s:
+            finish_extract_if_done(s, job.stage_id)
+    return str(status) if recorded else "superseded"
 
 
 __all__ = ["run_stage", "extract_item", "BODIES"]
