@@ -171,10 +171,7 @@ class DbCallbacks:
         with session_scope(self.url) as s:
             upsert_epoch(s, self.stage_id, values)
             s.execute(update(Stage).where(Stage.id == self.stage_id).values(updated_at=utcnow()))
-        self.message(
-            f"epoch {values['epoch']}: train_loss={values['train_loss']} val_loss={values['val_loss']} "
-            f"val_accuracy={values['val_accuracy']} lr={values['lr']}"
-        )
+        # no log line here: the trainer already logs each epoch through ``message``
 
     def progress(self, done: int, total: int, what: str = "") -> None:
         now = time.monotonic()
