@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("demo", help="synthetic dataset + embedded stack + full pipeline + evaluation table")
     _pipeline_args(p, default_preset="demo")
-    # 4 x 6 clips of 6 s: the demo preset finishes in about 8 minutes on 2 CPU cores (bench/RESULTS.md)
+    # 4 x 6 clips of 6 s: the demo preset finishes in about 6 minutes on 2 CPU cores (bench/RESULTS.md)
     p.add_argument("--classes", type=int, default=4, help="sound classes in the synthetic dataset")
     p.add_argument("--videos-per-class", type=int, default=6)
     p.add_argument("--seconds", type=int, default=6, help="length of each synthetic clip")
