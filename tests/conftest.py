@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,26 @@ def synth_features(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     for video_id in sorted({row.video_id for row in dataset.rows}):
         extract_video(dataset.video_path(video_id), out / f"{video_id}.h5", size=112, video_id=video_id)
     return out
+
+
+@dataclass
+class DispatchRecorder:
+    """Stands in for the Celery send in orchestration tests: records (what, id, queue, token)."""
+
+    messages: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+    def __call__(self, what: str, obj_id: int, queue: str, token: str) -> None:
+        self.messages.append((what, obj_id, queue, token))
+
+
+@pytest.fixture
+def dispatched() -> Iterator[DispatchRecorder]:
+    """Orchestration sends go to a recorder instead of the broker for the test's duration."""
+    from worker import orchestration
+
+    recorder = DispatchRecorder()
+    old = orchestration.set_dispatcher(recorder)
+    try:
+        yield recorder
+    finally:
+        orchestration.set_dispatcher(old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
 from db.session import make_engine
+from tests.conftest import DispatchRecorder
 from worker.settings import Settings
 
 TOKEN = "test-token-0123456789"
@@ -100,24 +100,13 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
     return Settings(home=home, database_url=db_url, dashboard_password=TOKEN, secret_key="s" * 64)
 
 
-@dataclass
-class Sent:
-    """Messages the orchestration would have sent to Celery."""
-
-    messages: list[tuple[str, int, str, str]] = field(default_factory=list)
-
-    def __call__(self, what: str, obj_id: int, queue: str, token: str) -> None:
-        self.messages.append((what, obj_id, queue, token))
+Sent = DispatchRecorder
 
 
 @pytest.fixture
-def sent() -> Iterator[Sent]:
-    from worker import orchestration
-
-    recorder = Sent()
-    old = orchestration.set_dispatcher(recorder)
-    yield recorder
-    orchestration.set_dispatcher(old)
+def sent(dispatched: DispatchRecorder) -> DispatchRecorder:
+    """Messages the orchestration would have sent to Celery."""
+    return dispatched
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.conftest import DispatchRecorder
+
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("STAPIPE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("STAPIPE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -92,26 +94,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
 
 
-@dataclass
-class Recorder:
-    """Stands in for Celery: records (what, id, queue, token) instead of sending."""
-
-    sent: list[tuple[str, int, str, str]] = field(default_factory=list)
-
-    def __call__(self, what: str, obj_id: int, queue: str, token: str) -> None:
-        self.sent.append((what, obj_id, queue, token))
+Recorder = DispatchRecorder
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    from worker import orchestration
-
-    rec = Recorder()
-    old = orchestration.set_dispatcher(rec)
-    try:
-        yield rec
-    finally:
-        orchestration.set_dispatcher(old)
+def recorder(dispatched: DispatchRecorder) -> DispatchRecorder:
+    return dispatched
 
 
 # ---------------------------------------------------------------------------------------------

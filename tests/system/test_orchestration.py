@@ -71,12 +71,12 @@ def test_submit_and_advance_in_dependency_order(session: Session, dataset: Path,
     assert list(stages) == list(KINDS) and len(stages) == 13
     assert stages["extract"].status == StageStatus.QUEUED
     assert all(s.status == StageStatus.PENDING for k, s in stages.items() if k != "extract")
-    assert recorder.sent == [("stage", stages["extract"].id, "cpu", stages["extract"].celery_task_id)]
+    assert recorder.messages == [("stage", stages["extract"].id, "cpu", stages["extract"].celery_task_id)]
     assert orch.advance(session, p.id) == []  # nothing new: never enqueued twice
 
     _finish(session, stages["extract"])
     assert _queued(session, p.id) == {"train_s_coarse", "train_sa_coarse", "train_st_coarse"}
-    assert {m[2] for m in recorder.sent[1:]} == {"gpu"}
+    assert {m[2] for m in recorder.messages[1:]} == {"gpu"}
     s = _by_kind(session, p.id)
     _finish(session, s["train_s_coarse"])
     _finish(session, s["train_sa_coarse"])
@@ -92,7 +92,7 @@ def test_submit_and_advance_in_dependency_order(session: Session, dataset: Path,
     session.expire_all()
     pipe = session.get(Pipeline, p.id)
     assert pipe.status == "succeeded" and pipe.finished_at is not None
-    assert len(recorder.sent) == 13
+    assert len(recorder.messages) == 13
 
 
 def test_rerun_plan_and_rerun_only_failed_stage(session: Session, dataset: Path, recorder) -> None:
@@ -112,13 +112,13 @@ def test_rerun_plan_and_rerun_only_failed_stage(session: Session, dataset: Path,
     with pytest.raises(orch.OrchestrationError):
         orch.rerun_stage(session, s["train_s_coarse"].id)  # succeeded: not re-runnable
 
-    sent_before = len(recorder.sent)
+    sent_before = len(recorder.messages)
     orch.rerun_stage(session, s["train_sa_coarse"].id)
     s = _by_kind(session, p.id)
     assert s["train_sa_coarse"].status == StageStatus.QUEUED
     assert {k for k, st in s.items() if st.status == StageStatus.SUCCEEDED} == {
         "extract", "train_s_coarse", "train_st_coarse"}  # upstream and siblings untouched
-    assert [m[1] for m in recorder.sent[sent_before:]] == [s["train_sa_coarse"].id]
+    assert [m[1] for m in recorder.messages[sent_before:]] == [s["train_sa_coarse"].id]
     session.expire_all()
     assert session.get(Pipeline, p.id).status == "running"
 
@@ -191,7 +191,7 @@ def test_recover_stale_requeues_dead_running_stage(session: Session, dataset: Pa
     session.expire_all()
     st = session.get(Stage, train.id)
     assert st.status == StageStatus.QUEUED and st.celery_task_id != old_token and st.attempts == 1
-    assert recorder.sent[-1] == ("stage", train.id, "gpu", st.celery_task_id)
+    assert recorder.messages[-1] == ("stage", train.id, "gpu", st.celery_task_id)
     assert claim_stage(session, train.id, old_token, "w", 3) is None  # the old message is dropped
 
     # heartbeat silence on another host
@@ -223,11 +223,11 @@ def test_lost_message_is_sent_again(session: Session, dataset: Path, recorder) -
     extract = _by_kind(session, p.id)["extract"]
     session.execute(update(Stage).where(Stage.id == extract.id).values(queued_at=utcnow() - timedelta(minutes=5)))
     session.commit()
-    n = len(recorder.sent)
+    n = len(recorder.messages)
     orch.recover_stale(session, lost_after_s=60, message_exists=lambda q, t: True)
-    assert len(recorder.sent) == n
+    assert len(recorder.messages) == n
     orch.recover_stale(session, lost_after_s=60, message_exists=lambda q, t: False)
-    assert recorder.sent[-1] == ("stage", extract.id, "cpu", extract.celery_task_id)
+    assert recorder.messages[-1] == ("stage", extract.id, "cpu", extract.celery_task_id)
 
 
 @pytest.mark.postgres
@@ -254,4 +254,4 @@ def test_concurrent_advance_never_enqueues_twice(home: Path, pg_url: str, datase
         t.join()
     enqueued = [k for r in results for k in r]
     assert sorted(enqueued) == ["train_s_coarse", "train_sa_coarse", "train_st_coarse"]
-    assert len([m for m in recorder.sent if m[2] == "gpu"]) == 3
+    assert len([m for m in recorder.messages if m[2] == "gpu"]) == 3
