@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,60 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 # Two cores for the whole suite: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# The machine's real servers (`.ci/run` starts them when they are down).
+PG_ADMIN_URL = os.environ.get("STAPIPE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("STAPIPE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def pg_available() -> bool:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=1).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def require_servers(postgres: bool = True, redis: bool = False) -> None:
+    """Fail, never skip, when a real server a test needs is down: a skip would hide it in CI."""
+    if postgres and not pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (start it; .ci/run does)")
+    if redis and not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_BASE} (start it; .ci/run does)")
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """CREATE DATABASE for a test (or a session), DROP … WITH (FORCE) afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        from db.session import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,6 @@ means "a message would have been sent".
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,51 +15,26 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
 from db.session import make_engine
-from tests.conftest import DispatchRecorder
+from tests.conftest import DispatchRecorder, fresh_pg_database, require_servers
 from worker.settings import Settings
 
 TOKEN = "test-token-0123456789"
-PG_ADMIN_URL = os.environ.get("STAPIPE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _pg_available() -> bool:
-    try:
-        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    if not _pg_available():
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
-    name = f"stapipe_dash_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    require_servers(postgres=True)
     from db.migrate import upgrade
 
-    upgrade(url)
-    try:
+    with fresh_pg_database("stapipe_dash") as url:
+        upgrade(url)
         yield url
-    finally:
-        from db.session import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _truncate_pg(url: str) -> None:

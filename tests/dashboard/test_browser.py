@@ -106,7 +106,7 @@ def page(stack: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
+        pytest.fail("Debian's chromium is not installed (make install puts it there)")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:

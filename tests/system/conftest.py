@@ -9,68 +9,33 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import DispatchRecorder
+from tests.conftest import (  # noqa: F401  (re-exported for the system tests)
+    PG_ADMIN_URL,
+    REDIS_BASE,
+    DispatchRecorder,
+    fresh_pg_database,
+    pg_available,
+    redis_available,
+    require_servers,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = os.environ.get("STAPIPE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_BASE = os.environ.get("STAPIPE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
     "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
 ]
 
 
-def pg_available() -> bool:
-    try:
-        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def redis_available() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=1).ping())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@contextlib.contextmanager
-def fresh_pg_database(prefix: str = "stapipe_sys") -> Iterator[str]:
-    """CREATE DATABASE for one test (or module), DROP … WITH (FORCE) afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        from db.session import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    if not pg_available():
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
-    with fresh_pg_database() as url:
+    require_servers(postgres=True)
+    with fresh_pg_database("stapipe_sys") as url:
         yield url
 
 

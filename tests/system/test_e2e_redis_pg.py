@@ -30,8 +30,7 @@ from .conftest import (
     WorkerProcs,
     ensure_redis,
     fresh_pg_database,
-    pg_available,
-    redis_available,
+    require_servers,
     restart_redis,
     stack_env,
     wait_until,
@@ -93,8 +92,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Iterator[Stack]:
-    if not (pg_available() and redis_available()):
-        pytest.skip("needs PostgreSQL and Redis on 127.0.0.1")
+    require_servers(postgres=True, redis=True)
     import redis
 
     from db.migrate import upgrade
