@@ -15,6 +15,7 @@ from . import jobs, queries
 from .config_form import ConfigErrors
 from .database import db_session
 from .errors import FieldErrors
+from .formatting import duration_s, iso
 from .logs import read_from, tail_lines
 from .params import int_arg, json_object
 from .paths import inside
@@ -167,6 +168,8 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
     rows = rows[:limit]
     return jsonify(
         stage_id=stage.id, status=stage.status, attempts=stage.attempts, worker_host=stage.worker_host, since=since,
+        started_at=iso(stage.started_at),
+        duration_s=duration_s(stage.started_at, stage.finished_at) if stage.started_at else None,
         last_epoch=rows[-1].epoch if rows else since, more=more,
         epochs=[queries.metric_row(m) for m in rows],
         progress={"done": stage.progress_done, "failed": stage.progress_failed, "total": stage.progress_total},

@@ -14,6 +14,27 @@
   window.stapipeCharts = charts; // for people poking in the console, and for the browser test
 
   // ---- status ----------------------------------------------------------------------------
+  // Same formats as the server's `time` and `duration` template filters.
+  function formatTime(iso) {
+    return iso ? iso.slice(0, 19).replace("T", " ") + " UTC" : "–";
+  }
+  function formatDuration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    let s = Math.round(seconds);
+    if (s < 60) return `${s}s`;
+    let m = Math.floor(s / 60); s %= 60;
+    if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
+    const h = Math.floor(m / 60); m %= 60;
+    return `${h}h ${String(m).padStart(2, "0")}m`;
+  }
+
+  function setTiming(startedAt, durationS) {
+    const started = document.getElementById("stage-started");
+    if (started) started.textContent = formatTime(startedAt);
+    const duration = document.getElementById("stage-duration");
+    if (duration) duration.textContent = formatDuration(durationS);
+  }
+
   function setStatus(status, attempts, progress, worker) {
     const badge = document.querySelector("#stage-status .badge");
     if (badge && badge.dataset.status !== status) {
@@ -166,6 +187,7 @@
   window.stapipe.poll(metricsUrl, async (body) => {
     addEpochs(body.epochs);
     setStatus(body.status, body.attempts, body.progress, body.worker_host);
+    setTiming(body.started_at, body.duration_s);
     // Catch up at once on long histories; otherwise stop after the stage has finished.
     if (body.more) return "again";
     return !TERMINAL.has(body.status);

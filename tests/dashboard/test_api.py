@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,11 @@ def test_metrics_since(api: FlaskClient, session: Session, settings: Settings) -
     assert full["epochs"][1] == {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.2, "lr": 0.01,
                                  "seconds": 1.5, "samples_per_s": None, "extra": {"cc": 0.2}}
     assert (full["status"], full["last_epoch"], full["more"]) == ("running", 5, False)
+    stage = session.get(Stage, sid)
+    stage.started_at = datetime.now(UTC) - timedelta(seconds=90)
+    session.commit()
+    timing = api.get(f"/api/v1/stages/{sid}/metrics?since=5").json
+    assert timing["started_at"].endswith("Z") and 89 <= timing["duration_s"] < 300  # live while running
     part = api.get(f"/api/v1/stages/{sid}/metrics?since=3").json
     assert [e["epoch"] for e in part["epochs"]] == [4, 5]
     none = api.get(f"/api/v1/stages/{sid}/metrics?since=5").json

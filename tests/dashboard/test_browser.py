@@ -231,6 +231,8 @@ def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_d
             "the re-run to succeed")
     page.wait_for_selector("#finished-note")
     assert page.locator("#stage-attempts").inner_text() == "2"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.locator("#stage-started").inner_text())
+    assert page.locator("#stage-duration").inner_text() != "–"  # updated in place, no reload
     page.screenshot(path=str(shots / "07-stage-succeeded.png"), full_page=True)
 
     # stop the rest of the pipeline from its page
