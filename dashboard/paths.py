@@ -19,6 +19,12 @@ def inside(root: Path, candidate: Path) -> bool:
     return candidate == root or root in candidate.parents
 
 
+def _under(root: Path, value: str | Path) -> Path:
+    """A path given relative to ``root`` (or absolute), not yet resolved."""
+    raw = Path(value)
+    return raw if raw.is_absolute() else root / raw
+
+
 def resolve_dataset_root(value: str, data_dir: Path) -> Path:
     """Resolve a dataset folder given relative to the data root (or absolute inside it)."""
     value = (value or "").strip()
@@ -27,10 +33,8 @@ def resolve_dataset_root(value: str, data_dir: Path) -> Path:
     if "\x00" in value:
         raise PathRejected("the path contains a NUL character")
     root = data_dir.resolve()
-    raw = Path(value)
-    candidate = raw if raw.is_absolute() else root / raw
     try:
-        resolved = candidate.resolve(strict=True)
+        resolved = _under(root, value).resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError):
         raise PathRejected("no such folder inside the data root") from None
     except (OSError, RuntimeError):  # symlink loops, permission problems
@@ -53,10 +57,8 @@ def display_dataset_root(path: str | Path, data_dir: Path) -> str:
 def safe_artefact_file(path: str | Path, artefact_dir: Path) -> Path | None:
     """The artefact's file if it exists and resolves inside the artefact root, else None."""
     root = artefact_dir.resolve()
-    raw = Path(path)
-    candidate = raw if raw.is_absolute() else root / raw
     try:
-        resolved = candidate.resolve(strict=True)
+        resolved = _under(root, path).resolve(strict=True)
     except (OSError, RuntimeError):
         return None
     if not inside(root, resolved) or not resolved.is_file():

@@ -11,13 +11,15 @@ import os
 import shutil
 
 
+def _configured(tool: str) -> str | None:
+    """``$STAPIPE_<TOOL>`` if set, else the tool on PATH."""
+    return os.environ.get(f"STAPIPE_{tool.upper()}") or shutil.which(tool)
+
+
 @functools.cache
 def ffmpeg_exe() -> str:
     """Path of ffmpeg: ``$STAPIPE_FFMPEG``, then PATH, then the imageio-ffmpeg wheel's binary."""
-    env = os.environ.get("STAPIPE_FFMPEG")
-    if env:
-        return env
-    found = shutil.which("ffmpeg")
+    found = _configured("ffmpeg")
     if found:
         return found
     try:
@@ -30,10 +32,7 @@ def ffmpeg_exe() -> str:
 @functools.cache
 def ffprobe_exe() -> str:
     """Path of ffprobe (``$STAPIPE_FFPROBE`` or PATH); there is no wheel fallback for it."""
-    env = os.environ.get("STAPIPE_FFPROBE")
-    if env:
-        return env
-    found = shutil.which("ffprobe")
+    found = _configured("ffprobe")
     if found:
         return found
     sibling = os.path.join(os.path.dirname(ffmpeg_exe()), "ffprobe")

@@ -33,6 +33,7 @@ import numpy as np
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.config import PseudoGTConfig
+from sta_models.jsonio import write_json_atomic
 
 BOX_SOURCES = {0: "not in event", 1: "fused selected branches", 2: "average of unselected CAMs", 3: "full frame"}
 PREVIEWS_PER_ROW = 3
@@ -393,12 +394,6 @@ def _write_h5_atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
         tmp.unlink(missing_ok=True)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _event_seconds(row: RowLike, t: int) -> np.ndarray:
     return np.array([s for s in row.seconds if 0 <= s < t], dtype=np.int64)
 
@@ -493,7 +488,7 @@ def coarse_boxes_and_crops(
         callbacks.on_progress(done + 1, len(rows), "crops")
     summary["box_sources"] = dict(summary["box_sources"])
     summary["per_row"] = per_row
-    _write_json_atomic(out_dir / "crops.json", summary)
+    write_json_atomic(out_dir / "crops.json", summary)
     return summary
 
 
@@ -607,7 +602,7 @@ def fuse_pseudo_gt(
         callbacks.on_progress(done + 1, len(rows), "pseudo_gt")
     report["reasons"] = dict(report["reasons"])
     report["maps"] = n_maps
-    _write_json_atomic(out_dir / "report.json", report)
+    write_json_atomic(out_dir / "report.json", report)
     return {
         "rows": len(rows),
         "maps": n_maps,

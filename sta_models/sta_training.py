@@ -14,9 +14,7 @@ for unsparsified maps and needs no extra constant. ``best.pt`` = best val CC.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from sta_models.datasets import feature_path, prepare_batch
 from sta_models.networks.sta import CENTRE, DEFAULT_CHANNELS, FINEST, STA, build_sta, sta_param_groups
 from sta_models.sta_data import StaDataset
 from sta_models.sta_loss import sta_loss, sta_loss_per_item
-from sta_models.trainer import TrainResult, fit, load_checkpoint
+from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record, load_checkpoint
 
 METRIC_KEYS = ("cc", "nss", "sim", "kld")
 NSS_FIXATIONS = "pseudo-GT > its mean"
@@ -66,7 +64,7 @@ def frame_size_of(rows: Sequence[AnnotationRow], feature_dir: str | Path) -> int
     return None
 
 
-class StaTask:
+class StaTask(SplitDatasetTask):
     """The ``TrainTask`` of STA: model, SPEC §3 param groups, STA datasets, SPEC §6 loss."""
 
     def __init__(self, splits: Mapping[str, Sequence[AnnotationRow]], feature_dir: str | Path,
@@ -87,12 +85,6 @@ class StaTask:
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return sta_param_groups(model)  # type: ignore[arg-type]
-
-    def train_dataset(self) -> StaDataset:
-        return self.train_ds
-
-    def val_dataset(self) -> StaDataset | None:
-        return self.val_ds if len(self.val_ds) else None
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)
@@ -123,9 +115,6 @@ class StaTask:
     def meta(self) -> dict[str, Any]:
         return sta_meta(self.cfg, self.channels, self.frame_size)
 
-    def exclusions(self) -> dict[str, dict[str, int]]:
-        return {"train": self.train_ds.exclusions(), "val": self.val_ds.exclusions()}
-
 
 def sta_meta(cfg: TrainConfig, channels: int, frame_size: int | None) -> dict[str, Any]:
     """What a checkpoint needs to rebuild the network and feed it (``predict`` reads it)."""
@@ -133,60 +122,16 @@ def sta_meta(cfg: TrainConfig, channels: int, frame_size: int | None) -> dict[st
             "input_size": cfg.input_size, "frame_size": frame_size}
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf → None, recursively: record.json stays strict JSON for the dashboard."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False))
-    os.replace(tmp, path)
-
-
 def train_sta(splits: Mapping[str, Sequence[AnnotationRow]], feature_dir: str | Path,
               pseudo_gt_dir: str | Path, out_dir: str | Path, cfg: TrainConfig,
               callbacks: Callbacks = NO_CALLBACKS, resume: bool = True, *,
               channels: int = DEFAULT_CHANNELS, use_cache: bool = True) -> TrainResult:
     """Train STA (SPEC §6); writes last.pt, best.pt (best val CC) and record.json in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     task = StaTask(splits, feature_dir, pseudo_gt_dir, cfg, channels=channels, use_cache=use_cache)
-    excluded = task.exclusions()
-    for split, counts in excluded.items():
-        if counts:
-            callbacks.log(f"sta {split}: excluded {counts}")
-    callbacks.log(f"sta: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
-    result = fit(task, cfg, out_dir, callbacks, resume=resume)
-    record = {
-        "stage": "sta",
-        "config": cfg.model_dump(),
-        "meta": task.meta(),
-        "weights": task.weights,
-        "samples": {"train": len(task.train_ds), "val": len(task.val_ds)},
-        "excluded": excluded,
-        "neighbour_rule": "a neighbour second without pseudo-GT is replaced by the centre second",
-        "nss_fixations": NSS_FIXATIONS,
-        "epochs_done": result.epochs_done,
-        "resumed_from_epoch": result.resumed_from,
-        "best_epoch": result.best_epoch,
-        "best_val_cc": result.best_score,
-        "selection": "val CC against the pseudo-GT" if len(task.val_ds) else "no validation samples: best = last",
-        "final_metrics": result.final_metrics(),
-        "history": result.history,
-        "device": result.device,
-        "last_checkpoint": result.last_checkpoint.name,
-        "best_checkpoint": result.best_checkpoint.name,
-    }
-    _write_json(out_dir / "record.json", record)
-    result.record = record
-    return result
+    extra = {"stage": "sta", "meta": task.meta(), "nss_fixations": NSS_FIXATIONS,
+             "neighbour_rule": "a neighbour second without pseudo-GT is replaced by the centre second"}
+    return fit_and_record(task, cfg, out_dir, callbacks, resume, name="sta", best_key="best_val_cc",
+                          selection="val CC against the pseudo-GT", extra=extra)
 
 
 def load_sta(checkpoint: str | Path | Mapping[str, Any],

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks, Cancelled, EpochMetrics
 from sta_models.config import TrainConfig
+from sta_models.jsonio import write_json_atomic
 
 CHECKPOINT_FORMAT = "stapipe-train-v1"
 
@@ -68,6 +69,23 @@ class TrainTask(Protocol):
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]: ...
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
     def meta(self) -> dict[str, Any]: ...
+
+
+class SplitDatasetTask:
+    """Dataset plumbing shared by the concrete tasks: a train and a val dataset that each count
+    the samples they left out (``exclusions()``); an empty val split means "no validation"."""
+
+    train_ds: Any
+    val_ds: Any
+
+    def train_dataset(self) -> Any:
+        return self.train_ds
+
+    def val_dataset(self) -> Any | None:
+        return self.val_ds if len(self.val_ds) else None
+
+    def exclusions(self) -> dict[str, dict[str, int]]:
+        return {"train": self.train_ds.exclusions(), "val": self.val_ds.exclusions()}
 
 
 @dataclass
@@ -399,3 +417,47 @@ __all__ = [
     "Cancelled", "SeededSampler", "TrainResult", "TrainTask", "atomic_save", "autocast_for",
     "base_lr", "build_optimizer", "fit", "load_checkpoint", "make_loader", "resolve_device",
 ]
+
+
+def fit_and_record(
+    task: SplitDatasetTask,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    callbacks: Callbacks,
+    resume: bool,
+    *,
+    name: str,
+    best_key: str,
+    selection: str,
+    extra: dict[str, Any],
+) -> TrainResult:
+    """:func:`fit` plus what every stage reports: excluded samples in the log, and ``record.json``
+    (settings, weight sources, sample counts, history, the best epoch as ``best_key``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    excluded = task.exclusions()
+    for split, counts in excluded.items():
+        if counts:
+            callbacks.log(f"{name} {split}: excluded {counts}")
+    callbacks.log(f"{name}: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
+    result = fit(task, cfg, out_dir, callbacks, resume=resume)  # type: ignore[arg-type]
+    record = {
+        **extra,
+        "config": cfg.model_dump(),
+        "weights": getattr(task, "weights", {}),
+        "samples": {"train": len(task.train_ds), "val": len(task.val_ds)},
+        "excluded": excluded,
+        "epochs_done": result.epochs_done,
+        "resumed_from_epoch": result.resumed_from,
+        "best_epoch": result.best_epoch,
+        best_key: result.best_score,
+        "selection": selection if len(task.val_ds) else "no validation samples: best = last",
+        "final_metrics": result.final_metrics(),
+        "history": result.history,
+        "device": result.device,
+        "last_checkpoint": result.last_checkpoint.name,
+        "best_checkpoint": result.best_checkpoint.name,
+    }
+    write_json_atomic(out_dir / "record.json", record)
+    result.record = record
+    return result

@@ -7,8 +7,6 @@ excluded samples, final metrics) so a stage's output says what it was trained fr
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from sta_models.networks.branches import (
     param_groups,
     run_branch,
 )
-from sta_models.trainer import TrainResult, fit
+from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record
 
 
 def model_meta(branch: str, cfg: TrainConfig, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
@@ -37,7 +35,7 @@ def model_meta(branch: str, cfg: TrainConfig, num_classes: int = NUM_CLASSES) ->
             "input_size": cfg.input_size}
 
 
-class BranchTask:
+class BranchTask(SplitDatasetTask):
     """The ``TrainTask`` of one branch: model, four param groups, datasets, SPEC §3 losses.
 
     Validation: CE loss as in training, top-1 accuracy of the frame prediction
@@ -62,12 +60,6 @@ class BranchTask:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return param_groups(model)  # type: ignore[arg-type]
 
-    def train_dataset(self) -> FeatureDataset:
-        return self.train_ds
-
-    def val_dataset(self) -> FeatureDataset | None:
-        return self.val_ds if len(self.val_ds) else None
-
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)
         out = run_branch(model, batch)  # type: ignore[arg-type]
@@ -88,49 +80,14 @@ class BranchTask:
     def meta(self) -> dict[str, Any]:
         return model_meta(self.branch, self.cfg, self.num_classes)
 
-    def exclusions(self) -> dict[str, dict[str, int]]:
-        return {"train": self.train_ds.exclusions(), "val": self.val_ds.exclusions()}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
 
 def train_branch(branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
                  out_dir: str | Path, cfg: TrainConfig, callbacks: Callbacks = NO_CALLBACKS,
                  resume: bool = True, *, use_cache: bool = True) -> TrainResult:
     """Train S, SA or ST (SPEC §3); writes last.pt, best.pt and record.json in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     task = BranchTask(branch, splits, feature_dir, cfg, use_cache=use_cache)
-    excluded = task.exclusions()
-    for split, counts in excluded.items():
-        if counts:
-            callbacks.log(f"{branch} {split}: excluded {counts}")
-    callbacks.log(f"{branch}: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
-    result = fit(task, cfg, out_dir, callbacks, resume=resume)
-    record = {
-        "branch": branch,
-        "config": cfg.model_dump(),
-        "weights": task.weights,
-        "samples": {"train": len(task.train_ds), "val": len(task.val_ds)},
-        "excluded": excluded,
-        "epochs_done": result.epochs_done,
-        "resumed_from_epoch": result.resumed_from,
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_score,
-        "selection": "val top-1 accuracy" if len(task.val_ds) else "no validation samples: best = last",
-        "final_metrics": result.final_metrics(),
-        "history": result.history,
-        "device": result.device,
-        "last_checkpoint": result.last_checkpoint.name,
-        "best_checkpoint": result.best_checkpoint.name,
-    }
-    _write_json(out_dir / "record.json", record)
-    result.record = record
-    return result
+    return fit_and_record(task, cfg, out_dir, callbacks, resume, name=branch, best_key="best_val_accuracy",
+                          selection="val top-1 accuracy", extra={"branch": branch})
 
 
 def load_branch(checkpoint: str | Path | Mapping[str, Any], device: torch.device | str = "cpu") -> BranchNet:

@@ -30,6 +30,7 @@ from db.models import (
     utcnow,
 )
 from db.session import session_scope
+from sta_models.jsonio import finite_json
 from worker.logs import StageLog, stage_logging
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class DbCallbacks:
         values = m.as_dict() if hasattr(m, "as_dict") else dict(m)
         values = {k: values.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds",
                                              "samples_per_s", "extra")}
-        values["extra"] = _finite_json(dict(values.get("extra") or {}))
+        values["extra"] = finite_json(dict(values.get("extra") or {}))
         for k in ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"):
             values[k] = _num(values[k])
         with session_scope(self.url) as s:
@@ -211,19 +212,6 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-
-
-def _finite_json(obj: Any) -> Any:
-    """NaN/Infinity → null: PostgreSQL's json type rejects them (a diverged loss is still recorded)."""
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_json(v) for v in obj]
-    return obj
 
 
 def upsert_epoch(session: Session, stage_id: int, values: dict[str, Any]) -> None:
@@ -421,7 +409,7 @@ def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | N
     if summary:
         import json
 
-        values["summary"] = _finite_json(json.loads(json.dumps(summary, default=str)))
+        values["summary"] = finite_json(json.loads(json.dumps(summary, default=str)))
     with session_scope(ctx.url) as session:
         res = session.execute(
             update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 import worker.maintenance  # noqa: F401  (registers the recovery signals)
 from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
+from sta_models.jsonio import finite_json
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.faults import maybe_inject
 from worker.logs import append_line
@@ -29,7 +30,6 @@ from worker.settings import get_settings
 from worker.stage_runner import (
     FanOut,
     StageContext,
-    _finite_json,
     claim_item,
     execute_stage,
     finish_extract_if_done,
@@ -81,7 +81,7 @@ def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     try:
-        return _finite_json(json.loads(json.dumps(obj, default=str)))
+        return finite_json(json.loads(json.dumps(obj, default=str)))
     except (TypeError, ValueError):
         return {"repr": repr(obj)[:2000]}
 
