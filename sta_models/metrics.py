@@ -160,6 +160,15 @@ def _split_aucs(sth: np.ndarray, neg: np.ndarray, step: float) -> np.ndarray:
     return np.trapezoid(tp, fp, axis=1)
 
 
+def _normalised_at_fixations(s: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The min-max normalised map, flat, and its values at the fixated pixels (None: constant map)."""
+    sn = _minmax(s)
+    if sn is None:
+        return None
+    flat = sn.ravel()
+    return flat, flat[mask.ravel()]
+
+
 def auc_borji(
     s: np.ndarray, fix: np.ndarray, n_splits: int = 100, step: float = 0.1, rng: RngLike = None
 ) -> float:
@@ -168,11 +177,10 @@ def auc_borji(
     mask = f > 0
     if mask.sum() <= 1:  # the MIT code needs at least two fixated pixels
         return float("nan")
-    sn = _minmax(s)
-    if sn is None:
+    scored = _normalised_at_fixations(s, mask)
+    if scored is None:
         return float("nan")
-    flat = sn.ravel()
-    sth = flat[mask.ravel()]
+    flat, sth = scored
     idx = _rng(rng).integers(0, flat.size, size=(n_splits, sth.size))
     return float(_split_aucs(sth, flat[idx], step).mean())
 
@@ -197,11 +205,10 @@ def sauc(
     mask = f > 0
     if not mask.any():
         return float("nan")
-    sn = _minmax(s)
-    if sn is None:
+    scored = _normalised_at_fixations(s, mask)
+    if scored is None:
         return float("nan")
-    flat = sn.ravel()
-    sth = flat[mask.ravel()]
+    flat, sth = scored
     ind = np.flatnonzero(other.ravel() > 0)
     n_oth = min(sth.size, ind.size)
     if n_oth == 0:
