@@ -33,6 +33,7 @@ from scipy.io import savemat
 from sta_models import evaluation as E
 from sta_models import pseudogt as P
 from sta_models.ave import AnnotationRow
+from sta_models.cam_files import read_cam_file, write_cam_file
 from sta_models.config import EvaluateConfig, PseudoGTConfig
 
 BRANCHES = ("s", "sa", "st")
@@ -64,6 +65,15 @@ def _blob_cams(rng: np.random.Generator, n: int, centre: np.ndarray, sigma=(20.0
     return cams
 
 
+def _frames(rng: np.random.Generator) -> np.ndarray:
+    """Picture-like frames (smooth shapes and texture, not white noise, which no PNG encoder can shrink)."""
+    base = cv2.GaussianBlur(rng.integers(0, 255, (SECONDS, SIZE, SIZE, 3), dtype=np.uint8).reshape(-1, SIZE, 3),
+                            (0, 0), 4).reshape(SECONDS, SIZE, SIZE, 3)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    ramp = ((yy + xx) * (255 / (2 * SIZE))).astype(np.uint8)[None, ..., None]
+    return cv2.addWeighted(base, 0.5, np.broadcast_to(ramp, base.shape).copy(), 0.5, 0)
+
+
 def make_inputs(root: Path, n_rows: int, seed: int = 0, sigma=(20.0, 40.0), noise=0.15):  # noqa: ANN001, ANN201
     """HDF5 features + coarse/fine CAM files for our code, PNG copies for the per-frame baseline."""
     rng = np.random.default_rng(seed)
@@ -77,7 +87,7 @@ def make_inputs(root: Path, n_rows: int, seed: int = 0, sigma=(20.0, 40.0), nois
         d.mkdir(parents=True)
     meta: dict[str, dict] = {}
     for row in rows:
-        frames = rng.integers(0, 255, (SECONDS, SIZE, SIZE, 3), dtype=np.uint8)
+        frames = _frames(rng)
         with h5py.File(dirs["features"] / f"{row.video_id}.h5", "w") as f:
             f.create_dataset("frames", data=frames, chunks=(1, SIZE, SIZE, 3))
             f["audio"] = rng.standard_normal((SECONDS, 81, 199)).astype(np.float32)
@@ -95,12 +105,9 @@ def make_inputs(root: Path, n_rows: int, seed: int = 0, sigma=(20.0, 40.0), nois
                                   sigma, noise)
                 pred = np.where(rng.random(SECONDS) < 0.7, 2, 5)
                 prob = rng.uniform(0.3, 0.95, SECONDS).astype(np.float32)
-                with h5py.File(dirs[f"{stage}_{b}"] / f"{row.key}.h5", "w") as f:
-                    f["cams"] = cams.astype(np.float16)
-                    f["seconds"] = np.arange(SECONDS)
-                    f["pred_class"] = pred
-                    f["pred_prob"] = prob
-                    f["true_prob"] = prob
+                write_cam_file(dirs[f"{stage}_{b}"] / f"{row.key}.h5",  # the pipeline's own CAM file writer
+                               {"cams": list(cams), "seconds": list(range(SECONDS)), "pred_class": pred,
+                                "pred_prob": prob, "true_prob": prob}, {"branch": b})
                 cdir = pdir / f"{stage}_{b}"
                 cdir.mkdir()
                 for s in range(SECONDS):
@@ -273,7 +280,7 @@ def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path) -> float
         with h5py.File(d["features"] / f"{row.video_id}.h5", "r") as f:
             _ = f["frames"][()], f["audio"][()], f["audio_valid"][()], dict(f.attrs)
         for b in BRANCHES:
-            P._read_cams(d[f"coarse_{b}"] / f"{row.key}.h5")
+            read_cam_file(d[f"coarse_{b}"] / f"{row.key}.h5")
         P._write_h5_atomic(out / f"{row.key}.crop.h5", h5_writer(*crop))
     (out / "crops.json").write_text(json.dumps(reports["crops.json"], indent=2, sort_keys=True))
     for row in rows:  # stage 2
@@ -282,7 +289,7 @@ def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path) -> float
             _ = f["boxes"][()], f["audio_valid"][()]
             _ = [f["frames"][int(name[-7:-4])] for name in previews]
         for b in BRANCHES:
-            P._read_cams(d[f"fine_{b}"] / f"{row.key}.h5")
+            read_cam_file(d[f"fine_{b}"] / f"{row.key}.h5")
         P._write_h5_atomic(out / f"{row.key}.pgt.h5", h5_writer(*pgt))
         for name, img in previews.items():
             cv2.imwrite(str(out / "previews" / name), img)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
+from sta_models.cam_files import write_cam_file
 from sta_models.datasets import FeatureDataset, open_h5, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
@@ -70,19 +70,6 @@ def heatmap_overlay(frame: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
     return cv2.addWeighted(heat, alpha, bgr, 1.0 - alpha, 0.0)
 
 
-def _write_row(path: Path, data: dict[str, list], attrs: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("cams", data=np.stack(data["cams"]).astype(np.float16), compression="lzf")
-        f["seconds"] = np.asarray(data["seconds"], dtype=np.int32)
-        f["pred_class"] = np.asarray(data["pred_class"], dtype=np.int16)
-        f["pred_prob"] = np.asarray(data["pred_prob"], dtype=np.float32)
-        f["true_prob"] = np.asarray(data["true_prob"], dtype=np.float32)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    os.replace(tmp, path)
-
-
 def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], feature_dir: str | Path,
                  out_dir: str | Path, *, canvas: int, device: str = "auto", batch_size: int = 16,
                  callbacks: Callbacks = NO_CALLBACKS, input_size: int | None = None, workers: int = 0,
@@ -119,7 +106,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
         row = ds.rows[i]
         attrs = {"branch": branch, "key": row.key, "video_id": row.video_id,
                  "category_id": int(row.category_id), "canvas": canvas, "checkpoint": str(checkpoint)}
-        _write_row(out_dir / f"{row.key}.h5", pending, attrs)
+        write_cam_file(out_dir / f"{row.key}.h5", pending, attrs)
         summary.rows_written += 1
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))

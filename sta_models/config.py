@@ -70,7 +70,8 @@ class PseudoGTConfig(_Strict):
     alpha_start: float = Field(2.0, gt=0.0)
     alpha_step: float = Field(0.05, gt=0.0)
     min_box: int = Field(100, ge=1, description="minimum box height and width")
-    fusion_eps: float = Field(1e-4, gt=0.0)
+    fusion_eps: float = Field(
+        1e-4, gt=0.0, description="ε of the SPEC fusion formula; it cancels in the final min-max, so F does not depend on it")
     smooth_window: int = Field(3, ge=1, description="temporal smoothing window in seconds (odd)")
     sparsify_factor: float = Field(3.0, ge=0.0, description="zero every pixel below factor*mean")
 

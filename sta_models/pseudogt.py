@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
+from sta_models.cam_files import CamFile, read_cam_file
 from sta_models.config import PseudoGTConfig
 from sta_models.jsonio import write_json_atomic
 
@@ -95,40 +96,103 @@ def to_float16(a: np.ndarray) -> np.ndarray:
 def minmax(maps: np.ndarray) -> np.ndarray:
     """Min-max normalise each map over its last two axes to [0, 1] (float32); constant maps → 0."""
     m = to_float32(maps)
-    if isinstance(maps, np.ndarray) and np.may_share_memory(m, maps):
+    if (isinstance(maps, np.ndarray) and np.may_share_memory(m, maps)) or not m.flags.c_contiguous:
         m = m.copy()  # never normalise the caller's array in place
-    return _minmax_inplace(m)
-
-
-def _minmax_inplace(m: np.ndarray) -> np.ndarray:
-    """:func:`minmax` of a float32 array that may be overwritten (no copy)."""
-    lo = m.min(axis=(-2, -1), keepdims=True)
-    span = m.max(axis=(-2, -1), keepdims=True) - lo
-    m -= lo
-    m *= np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    for frame in _frames(m):
+        _normalise(frame)
     return m
 
 
-def fuse_maps(
-    maps: np.ndarray, probs: np.ndarray, selected: np.ndarray, eps: float = 1e-4, normalised: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probability-weighted fusion over the branches that selected each frame.
+def _frames(m: np.ndarray) -> np.ndarray:
+    """A C-contiguous [..., H, W] array as an [N, H, W] view, for per-map loops that write in place."""
+    if not m.flags.c_contiguous:
+        raise ValueError("per-map loops need a C-contiguous array")
+    return m.reshape((-1,) + m.shape[-2:])
 
-    ``maps`` [B, ..., H, W], ``probs`` and ``selected`` [B, ...]. Returns (F [..., H, W],
-    has [...]) with F = minmax((Σ p_b·M_b + eps) / (Σ p_b + eps)) over selecting branches, M_b
-    the min-max normalised maps (pass ``normalised=True`` if they already are); frames no branch
-    selected get has=False and an all-zero F.
+
+def _normalise(frame: np.ndarray) -> np.ndarray:
+    """One 2-D float32 map min-max normalised in place, (x − lo)·(1/span); constant → 0.
+
+    Not ``cv2.normalize``: its x·scale + shift loses up to 1e-4 to cancellation and never maps
+    the minimum to exactly 0.
     """
-    m = np.asarray(maps, np.float32) if normalised else minmax(maps)
+    lo, hi = (np.float32(v) for v in cv2.minMaxLoc(frame)[:2])
+    if hi > lo:
+        np.subtract(frame, lo, out=frame)
+        np.multiply(frame, np.float32(1.0) / (hi - lo), out=frame)
+    else:
+        frame.fill(0.0)
+    return frame
+
+
+def fuse_frame(maps: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray) -> np.ndarray:
+    """SPEC §5's fusion of one frame's branch maps (2-D float32) into ``out``; all-zero weights → 0.
+
+    F = minmax((Σ p_b·M_b + ε) / (Σ p_b + ε)) with M_b = (C_b − lo_b) / span_b. The final min-max
+    removes every positive affine change of its input, so the ε terms, the denominator and the
+    offsets lo_b all cancel: F = minmax(Σ (p_b / span_b)·C_b). One weighted sum and one min-max
+    instead of min-max-normalising each branch map first (same result up to float rounding).
+    """
+    terms = []
+    for m, p in zip(maps, weights, strict=True):
+        if p > 0:
+            lo, hi = cv2.minMaxLoc(m)[:2]
+            if hi > lo:  # a constant map min-max normalises to 0: no contribution
+                terms.append((m, float(p) / (hi - lo)))
+    if not terms:
+        out.fill(0.0)
+        return out
+    if len(terms) == 1:
+        np.copyto(out, terms[0][0])
+    else:
+        (m0, a0), (m1, a1) = terms[:2]
+        cv2.addWeighted(m0, a0, m1, a1, 0.0, dst=out)
+        for m, a in terms[2:]:
+            cv2.scaleAdd(m, a, out, dst=out)
+    return _normalise(out)
+
+
+def fuse_maps(maps: np.ndarray, probs: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probability-weighted fusion over the branches that selected each frame (:func:`fuse_frame`).
+
+    ``maps`` [B, ..., H, W] (any float dtype), ``probs`` and ``selected`` [B, ...]. Returns
+    (F [..., H, W] float32, has [...]); frames no branch selected get has=False and an all-zero F.
+    """
+    maps = np.asarray(maps)
     sel = np.asarray(selected, bool)
-    w = np.where(sel, np.asarray(probs, np.float32), np.float32(0.0)).astype(np.float32)
-    has = sel.any(axis=0)
-    num = np.einsum("b...,b...hw->...hw", w, m)
-    num += np.float32(eps)
-    num /= (w.sum(axis=0) + np.float32(eps))[..., None, None]
-    fused = _minmax_inplace(num)
-    fused[~has] = 0.0
-    return fused, has
+    w = np.where(sel, np.asarray(probs, np.float32), np.float32(0.0)).reshape(len(maps), -1)
+    src = maps.reshape(len(maps), -1, *maps.shape[-2:])
+    out = np.empty(src.shape[1:], np.float32)
+    buf = np.empty((len(maps),) + maps.shape[-2:], np.float32)
+    for i in range(src.shape[1]):
+        use = [b for b in range(len(maps)) if w[b, i] > 0]
+        fuse_frame([to_float32(src[b, i], out=buf[b]) for b in use], [w[b, i] for b in use], out[i])
+    return out.reshape(maps.shape[1:]), sel.any(axis=0)
+
+
+@dataclass
+class MapProfile:
+    """What the box search needs from maps [..., H, W]: mean, per-row and per-column maxima."""
+
+    mean: np.ndarray  # [...] float64
+    row_max: np.ndarray  # [..., H]
+    col_max: np.ndarray  # [..., W]
+
+    @classmethod
+    def of(cls, maps: np.ndarray) -> MapProfile:
+        f = np.ascontiguousarray(maps, dtype=np.float32)
+        mean = np.array([cv2.mean(m)[0] for m in _frames(f)], np.float64).reshape(f.shape[:-2])
+        return cls(mean, f.max(axis=-1), f.max(axis=-2))
+
+    @classmethod
+    def empty(cls, n: int, h: int, w: int) -> MapProfile:
+        return cls(np.zeros(n), np.zeros((n, h), np.float32), np.zeros((n, w), np.float32))
+
+    def set(self, i: int, m: np.ndarray) -> None:
+        """Fill entry ``i`` from the 2-D map ``m`` (while it is still in cache)."""
+        self.mean[i] = cv2.mean(m)[0]
+        m.max(axis=1, out=self.row_max[i])
+        m.max(axis=0, out=self.col_max[i])
 
 
 def box_from_map(
@@ -137,18 +201,27 @@ def box_from_map(
     """Box of F > α·mean(F), α lowered from ``alpha_start`` until the box is ≥ ``min_box`` both ways.
 
     Works on [..., H, W]; returns (boxes [..., 4] int32 y0,x0,y1,x1, alpha [...] float32; NaN
-    alpha = the fallback of the module docstring). All α values are tried at once: the mask
-    only grows as α falls, so per-row and per-column maxima against every threshold decide it.
+    alpha = the fallback of the module docstring). See :func:`box_from_profile`.
     """
-    f = np.asarray(fused, dtype=np.float32)
-    *lead, h, w = f.shape
+    return box_from_profile(MapProfile.of(fused), alpha_start, alpha_step, min_box)
+
+
+def box_from_profile(
+    p: MapProfile, alpha_start: float = 2.0, alpha_step: float = 0.05, min_box: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`box_from_map` from a :class:`MapProfile`: every α is tried at once.
+
+    The mask only grows as α falls, so per-row and per-column maxima against every threshold
+    decide it.
+    """
+    h, w = p.row_max.shape[-1], p.col_max.shape[-1]
     n_alpha = int(np.floor(alpha_start / alpha_step + 1e-9))
     alphas = alpha_start - alpha_step * np.arange(n_alpha + 1, dtype=np.float64)
-    alphas = alphas[alphas > 1e-9].astype(np.float32)  # α = 0 would box every non-zero pixel
+    alphas = alphas[alphas > 1e-9]  # α = 0 would box every non-zero pixel
     need_h, need_w = min(min_box, h), min(min_box, w)
-    thr = alphas * f.mean(axis=(-2, -1))[..., None]  # [..., K]
-    rows_in = f.max(axis=-1)[..., None, :] > thr[..., None]  # [..., K, H]
-    cols_in = f.max(axis=-2)[..., None, :] > thr[..., None]  # [..., K, W]
+    thr = alphas * np.asarray(p.mean, np.float64)[..., None]  # [..., K]
+    rows_in = p.row_max[..., None, :] > thr[..., None]  # [..., K, H]
+    cols_in = p.col_max[..., None, :] > thr[..., None]  # [..., K, W]
     y0, y1 = _first_last(rows_in)
     x0, x1 = _first_last(cols_in)
     ok = ((y1 - y0) >= need_h) & ((x1 - x0) >= need_w)  # [..., K]
@@ -156,7 +229,7 @@ def box_from_map(
     k = np.where(found, ok.argmax(axis=-1), len(alphas) - 1)[..., None]
     pick = lambda a: np.take_along_axis(a, k, axis=-1)[..., 0]  # noqa: E731
     boxes = np.stack([pick(y0), pick(x0), pick(y1), pick(x1)], axis=-1)
-    alpha = np.where(found, alphas[k[..., 0]], np.nan).astype(np.float32)
+    alpha = np.where(found, alphas.astype(np.float32)[k[..., 0]], np.nan).astype(np.float32)
     boxes = np.where(found[..., None], boxes, _grow(boxes, need_h, need_w, h, w))
     return boxes.astype(np.int32), alpha
 
@@ -218,65 +291,71 @@ def _crop_resize_inplace(frames: np.ndarray, index: Iterable[int], boxes: np.nda
         frames[i] = cv2.resize(frames[i, y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def paste_maps(cams: np.ndarray, boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
-    """Resize each map [n, h, w] to its box and paste it into a zero canvas [n, H, W] (float32)."""
-    out = np.zeros((len(cams),) + tuple(canvas), dtype=np.float32)
-    for i, (cam, box) in enumerate(zip(cams, boxes, strict=True)):
-        y0, x0, y1, x1 = (int(v) for v in box)
-        if y1 > y0 and x1 > x0:
-            out[i, y0:y1, x0:x1] = cv2.resize(to_float32(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+def paste_map(cam: np.ndarray, box: Sequence[int], out: np.ndarray) -> np.ndarray:
+    """The 2-D map ``cam`` resized to ``box`` inside ``out`` (float32, zeroed first)."""
+    out.fill(0.0)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if y1 > y0 and x1 > x0:
+        cv2.resize(cam, (x1 - x0, y1 - y0), dst=out[y0:y1, x0:x1], interpolation=cv2.INTER_LINEAR)
     return out
 
 
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [n, h, w] maps to [n, *size] (float32); no-op when already that size."""
-    m = to_float32(maps)
-    if m.shape[-2:] == tuple(size):
-        return m
-    out = np.empty((len(m),) + tuple(size), dtype=np.float32)
-    for i in range(len(m)):
-        out[i] = cv2.resize(m[i], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+def paste_maps(cams: np.ndarray, boxes: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """Resize each map [n, h, w] to its box and paste it into a zero canvas [n, H, W] (float32)."""
+    out = np.empty((len(cams),) + tuple(canvas), dtype=np.float32)
+    for i, (cam, box) in enumerate(zip(cams, boxes, strict=True)):
+        paste_map(to_float32(cam), box, out[i])
+    return out
+
+
+def temporal_neighbours(seconds: Sequence[int], window: int = 3) -> list[np.ndarray]:
+    """For each second, the (sorted) indices of the seconds within its centred window, itself included."""
+    secs = np.asarray(seconds, dtype=np.int64)
+    half = max(window, 1) // 2
+    lo = np.searchsorted(secs, secs - half, side="left")
+    hi = np.searchsorted(secs, secs + half, side="right")
+    return [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
+
+
+def _window_sum(maps: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Σ maps[index] into the 2-D ``out``, added in index order."""
+    if len(index) == 1:
+        np.copyto(out, maps[index[0]])
+        return out
+    cv2.add(maps[index[0]], maps[index[1]], dst=out)
+    for j in index[2:]:
+        cv2.add(out, maps[j], dst=out)
     return out
 
 
 def temporal_smooth(maps: np.ndarray, seconds: Sequence[int], window: int = 3) -> np.ndarray:
-    """Centred moving average in time over the seconds that have a map (truncated at gaps/edges)."""
-    m = np.asarray(maps, dtype=np.float32)
-    secs = np.asarray(seconds, dtype=np.int64)
-    if len(m) == 0 or window <= 1:
-        return m.copy()
-    half = window // 2
-    pos = secs - secs.min() + half  # position in a zero-padded dense timeline
-    count = np.zeros(int(pos.max()) + half + 1, dtype=np.float32)
-    count[pos] = 1
-    total = np.zeros_like(m)
-    n = np.zeros(len(m), dtype=np.float32)
-    if np.all(np.diff(secs) == 1):  # consecutive seconds (the usual event): shifted slices of m
-        for k in range(-half, half + 1):  # same additions in the same order; the padding adds 0
-            lo, hi = max(0, -k), min(len(m), len(m) - k)
-            if hi > lo:
-                total[lo:hi] += m[lo + k : hi + k]
-            n += count[pos + k]
-    else:
-        dense = np.zeros((len(count),) + m.shape[1:], dtype=np.float32)
-        dense[pos] = m
-        for k in range(-half, half + 1):  # `window` vectorised passes over all seconds
-            total += dense[pos + k]
-            n += count[pos + k]
-    total /= n[:, None, None]
-    return total
+    """Centred moving average in time over the seconds that have a map (truncated at gaps/edges).
+
+    ``seconds`` must be increasing (the event's seconds in order).
+    """
+    m = np.ascontiguousarray(maps, dtype=np.float32)
+    out = np.empty_like(m)
+    for i, nbrs in enumerate(temporal_neighbours(seconds, window)):
+        _window_sum(m, nbrs, out[i])
+        if len(nbrs) > 1:
+            out[i] /= np.float32(len(nbrs))
+    return out
 
 
 def sparsify(maps: np.ndarray, factor: float = 3.0) -> np.ndarray:
     """Min-max each map, then zero the pixels below min(factor·mean, max) (the peak survives)."""
-    return _sparsify_inplace(minmax(maps), factor)
+    m = minmax(maps)
+    for frame in _frames(m):
+        _sparsify_normalised(frame, factor)
+    return m
 
 
-def _sparsify_inplace(m: np.ndarray, factor: float) -> np.ndarray:
-    """:func:`sparsify` of a float32 array that may be overwritten."""
-    m = _minmax_inplace(m)
-    thr = np.minimum(factor * m.mean(axis=(-2, -1), keepdims=True), m.max(axis=(-2, -1), keepdims=True))
-    m[m < thr] = 0.0
+def _sparsify_normalised(m: np.ndarray, factor: float) -> np.ndarray:
+    """Zero, in place, the pixels of a min-max normalised 2-D map below min(factor·mean, max)."""
+    hi = cv2.minMaxLoc(m)[1]
+    thr = np.float32(min(factor * cv2.mean(m)[0], hi))
+    # THRESH_TOZERO keeps src > thresh; the next float below thr makes that src ≥ thr
+    cv2.threshold(m, float(np.nextafter(thr, np.float32(-np.inf))), 0.0, cv2.THRESH_TOZERO, dst=m)
     return m
 
 
@@ -285,41 +364,26 @@ def _sparsify_inplace(m: np.ndarray, factor: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Cams:
-    cams: np.ndarray  # [n, c, c]
-    seconds: np.ndarray
-    pred_class: np.ndarray
-    true_prob: np.ndarray
-
-
-def _read_cams(path: Path) -> _Cams | None:
-    if not path.exists():
-        return None
-    with h5py.File(path, "r") as f:
-        return _Cams(
-            cams=f["cams"][()],
-            seconds=np.asarray(f["seconds"][()], dtype=np.int64),
-            pred_class=np.asarray(f["pred_class"][()], dtype=np.int64),
-            true_prob=np.asarray(f["true_prob"][()], dtype=np.float32),
-        )
-
-
 class _Scratch:
-    """Zeroed buffers reused from row to row: a fresh [B, n, H, W] array per row costs ~1 page fault
-    per 4–16 kB on first touch (glibc maps allocations this size anew each time)."""
+    """Buffers reused from row to row: a fresh [n, H, W] array per row costs ~1 page fault per
+    4–16 kB on first touch (glibc maps allocations this size anew each time)."""
 
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
 
-    def zeros(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32, fill: bool = True) -> np.ndarray:
-        """The buffer ``key`` of this shape and dtype, zeroed (``fill=False``: contents left over)."""
+    def get(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """The buffer ``key`` of this shape and dtype, contents left over from its last use."""
         buf = self._bufs.get(key)
         if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
-            buf = self._bufs[key] = np.zeros(shape, dtype)
-        elif fill:
-            buf.fill(0)
+            buf = self._bufs[key] = np.empty(shape, dtype)
         return buf
+
+    def leading(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """Like :meth:`get`, but a view of a buffer that may hold more along the first axis."""
+        buf = self._bufs.get(key)
+        if buf is None or len(buf) < shape[0] or buf.shape[1:] != shape[1:] or buf.dtype != np.dtype(dtype):
+            buf = self._bufs[key] = np.empty(shape, dtype)
+        return buf[: shape[0]]
 
 
 @dataclass
@@ -327,50 +391,43 @@ class _Gathered:
     """The branches' per-second metadata for one row; ``index[b][j]`` = row in branch b's file or -1."""
 
     names: list[str]
-    loaded: dict[str, _Cams | None]
+    loaded: dict[str, CamFile | None]
     index: np.ndarray  # [B, n] int
     probs: np.ndarray  # [B, n]
     selected: np.ndarray  # [B, n] bool
     available: np.ndarray  # [B, n] bool
 
-    def stack(self, size: tuple[int, int], boxes: np.ndarray | None = None,
-              scratch: _Scratch | None = None) -> np.ndarray:
-        """Maps [B, n, H, W] float32: resized to ``size``, or pasted at ``boxes`` [n, 4] (fine CAMs).
+    def cam(self, b: int, j: int, scratch: _Scratch) -> np.ndarray:
+        """Branch ``b``'s CAM of event second ``j`` as float32, in ``scratch``'s buffer for ``b``."""
+        c = self.loaded[self.names[b]]
+        if c is None or self.index[b, j] < 0:
+            raise KeyError(f"branch {self.names[b]} has no CAM for event second {j}")
+        src = c.cams[self.index[b, j]]
+        return to_float32(src, out=scratch.get(f"cam{b}", src.shape))
 
-        With ``scratch`` the result lives in its reused buffer (valid until the next call).
-        """
-        shape = (len(self.names), self.index.shape[1]) + tuple(size)
-        full = boxes is None and bool(np.all(self.index >= 0))  # every map overwritten: no zeroing
-        out = np.zeros(shape, dtype=np.float32) if scratch is None else scratch.zeros("stack", shape, fill=not full)
-        for b, name in enumerate(self.names):
-            c = self.loaded[name]
-            js = np.flatnonzero(self.index[b] >= 0)
-            if c is None or len(js) == 0:
-                continue
-            idx = self.index[b, js]
-            whole = len(idx) == len(c.cams) and bool(np.all(idx == np.arange(len(idx))))
-            cams = c.cams if whole else c.cams[idx]
-            if boxes is None and cams.shape[-2:] == tuple(size) and js[-1] - js[0] + 1 == len(js):
-                to_float32(cams, out=out[b, js[0] : js[-1] + 1])  # converted straight into place
-            elif boxes is None:
-                out[b, js] = resize_maps(cams, size)
-            else:  # each map converted into one reused buffer, resized into the zero canvas
-                buf = np.empty(cams.shape[1:], np.float32)
-                for j, cam, box in zip(js, cams, boxes[js], strict=True):
-                    y0, x0, y1, x1 = (int(v) for v in box)
-                    if y1 > y0 and x1 > x0:
-                        out[b, j, y0:y1, x0:x1] = cv2.resize(
-                            to_float32(cam, out=buf), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-        return out
+    def map_at(self, b: int, j: int, size: tuple[int, int], scratch: _Scratch) -> np.ndarray:
+        """:meth:`cam` resized to the frame ``size`` when the CAM canvas differs from it."""
+        m = self.cam(b, j, scratch)
+        if m.shape == tuple(size):
+            return m
+        return cv2.resize(m, (size[1], size[0]), dst=scratch.get(f"map{b}", tuple(size)),
+                          interpolation=cv2.INTER_LINEAR)
+
+    def pasted(self, b: int, j: int, box: Sequence[int], size: tuple[int, int], scratch: _Scratch) -> np.ndarray:
+        """:meth:`cam` resized to ``box`` in a zero canvas of the frame ``size`` (fine CAMs)."""
+        return paste_map(self.cam(b, j, scratch), box, scratch.get(f"paste{b}", tuple(size)))
 
 
-def _gather(cam_dirs: Mapping[str, Path], row: RowLike, seconds: np.ndarray) -> _Gathered:
+def _gather(cam_dirs: Mapping[str, Path], row: RowLike, seconds: np.ndarray,
+            scratch: _Scratch | None = None) -> _Gathered:
+    """Read the row's CAM file of every branch (into ``scratch``'s per-branch buffers when given)."""
     names = sorted(cam_dirs)
     shape = (len(names), len(seconds))
     g = _Gathered(names, {}, np.full(shape, -1, np.int64), np.zeros(shape, np.float32),
                   np.zeros(shape, bool), np.zeros(shape, bool))
     for b, name in enumerate(names):
-        c = g.loaded[name] = _read_cams(Path(cam_dirs[name]) / f"{row.key}.h5")
+        alloc = None if scratch is None else (lambda shp, b=b: scratch.leading(f"file{b}", shp, np.float16))
+        c = g.loaded[name] = read_cam_file(Path(cam_dirs[name]) / f"{row.key}.h5", alloc)
         if c is None:
             continue
         pos = {int(s): i for i, s in enumerate(c.seconds)}
@@ -403,6 +460,76 @@ def _event_seconds(row: RowLike, t: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
+                  scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes [n, 4], α [n] and box source [n] of one row's event seconds (steps 1 of SPEC §5).
+
+    Frame by frame, so a frame's CAMs are converted, fused and profiled while in cache.
+    """
+    has = g.selected.any(axis=0)
+    any_avail = g.available.any(axis=0)
+    # selecting branches weighted by probability; a second no branch selected: plain average
+    weights = np.where(has, np.where(g.selected, g.probs, 0.0), g.available).astype(np.float32)
+    prof = MapProfile.empty(len(has), *size)
+    fused = scratch.get("fused", tuple(size))
+    for j in range(len(has)):
+        use = np.flatnonzero(weights[:, j] > 0)
+        fuse_frame([g.map_at(b, j, size, scratch) for b in use], weights[use, j], fused)
+        prof.set(j, fused)
+    boxes, alpha = box_from_profile(prof, cfg.alpha_start, cfg.alpha_step, cfg.min_box)
+    source = np.where(has, 1, np.where(any_avail, 2, 3)).astype(np.uint8)
+    boxes[source == 3] = (0, 0, *size)
+    alpha[source == 3] = np.nan
+    return boxes, alpha, source
+
+
+def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out_dir: Path,
+              cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
+    """Write one row's crop file; its summary, or None when its feature file is missing."""
+    feat = Path(feature_dir) / f"{row.video_id}.h5"
+    if not feat.exists():
+        return None
+    with h5py.File(feat, "r") as f:
+        frames = f["frames"][()]
+        audio = f["audio"][()]
+        audio_valid = f["audio_valid"][()]
+        attrs = dict(f.attrs)
+    t, h, w = frames.shape[:3]
+    secs = _event_seconds(row, t)
+    ev_boxes, ev_alpha, source = _coarse_boxes(_gather(cam_dirs, row, secs, scratch), (h, w), cfg, scratch)
+
+    boxes = np.tile(np.array([0, 0, h, w], np.int32), (t, 1))
+    in_event = np.zeros(t, bool)
+    in_event[secs] = True
+    boxes[secs] = ev_boxes
+    boxes = smooth_boxes(boxes, in_event)
+    box_source = np.zeros(t, np.uint8)
+    box_source[secs] = source
+    alpha = np.full(t, np.nan, np.float32)
+    alpha[secs] = ev_alpha
+    crops = frames  # read for this row only: event seconds are cropped in place
+    _crop_resize_inplace(crops, secs, boxes[secs])
+
+    def write(f: h5py.File) -> None:
+        chunked = len(crops) > 0  # per-second chunks, like the extraction's files
+        f.create_dataset("frames", data=crops, chunks=(1, *crops.shape[1:]) if chunked else None)
+        f.create_dataset("audio", data=audio, chunks=(1, *audio.shape[1:]) if chunked else None)
+        f.create_dataset("audio_valid", data=audio_valid)
+        f.create_dataset("boxes", data=boxes)
+        f.create_dataset("has_box", data=in_event)
+        f.create_dataset("box_source", data=box_source)
+        f.create_dataset("box_alpha", data=alpha)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["row_key"] = row.key
+        f.attrs["category_id"] = int(row.category_id)
+        f.attrs["box_sources"] = json.dumps(BOX_SOURCES)
+
+    _write_h5_atomic(Path(out_dir) / f"{row.key}.h5", write)
+    counts = Counter(BOX_SOURCES[int(s)] for s in source)
+    return {"event_seconds": [int(s) for s in secs], "box_sources": dict(counts)}
+
+
 def coarse_boxes_and_crops(
     cam_dirs: Mapping[str, Path],
     rows: Iterable[RowLike],
@@ -427,64 +554,14 @@ def coarse_boxes_and_crops(
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        feat = Path(feature_dir) / f"{row.video_id}.h5"
-        if not feat.exists():
+        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch)
+        if res is None:
             summary["missing_features"].append(row.key)
-            callbacks.log(f"crops: {row.key}: no feature file {feat.name}, skipped")
+            callbacks.log(f"crops: {row.key}: no feature file {row.video_id}.h5, skipped")
             continue
-        with h5py.File(feat, "r") as f:
-            frames = f["frames"][()]
-            audio = f["audio"][()]
-            audio_valid = f["audio_valid"][()]
-            attrs = dict(f.attrs)
-        t, h, w = frames.shape[:3]
-        secs = _event_seconds(row, t)
-        g = _gather(cam_dirs, row, secs)
-        maps = _minmax_inplace(g.stack((h, w), scratch=scratch))
-        fused, has = fuse_maps(maps, g.probs, g.selected, cfg.fusion_eps, normalised=True)
-        any_avail = g.available.any(axis=0)
-        fallback = np.flatnonzero(~has & any_avail)
-        if len(fallback):  # unselected seconds: unweighted average of the CAMs that exist
-            fused[fallback], _ = fuse_maps(maps[:, fallback], np.ones((len(maps), len(fallback))),
-                                           g.available[:, fallback], cfg.fusion_eps, normalised=True)
-        ev_boxes, ev_alpha = box_from_map(fused, cfg.alpha_start, cfg.alpha_step, cfg.min_box)
-        source = np.where(has, 1, np.where(any_avail, 2, 3)).astype(np.uint8)
-        ev_boxes[source == 3] = (0, 0, h, w)
-        ev_alpha[source == 3] = np.nan
-
-        boxes = np.tile(np.array([0, 0, h, w], np.int32), (t, 1))
-        in_event = np.zeros(t, bool)
-        in_event[secs] = True
-        boxes[secs] = ev_boxes
-        boxes = smooth_boxes(boxes, in_event)
-        box_source = np.zeros(t, np.uint8)
-        box_source[secs] = source
-        alpha = np.full(t, np.nan, np.float32)
-        alpha[secs] = ev_alpha
-        crops = frames  # read for this row only: event seconds are cropped in place
-        _crop_resize_inplace(crops, secs, boxes[secs])
-
-        def write(f: h5py.File, crops=crops, boxes=boxes, in_event=in_event, box_source=box_source,
-                  alpha=alpha, audio=audio, audio_valid=audio_valid, attrs=attrs, row=row) -> None:
-            chunked = len(crops) > 0  # per-second chunks, like the extraction's files
-            f.create_dataset("frames", data=crops, chunks=(1, *crops.shape[1:]) if chunked else None)
-            f.create_dataset("audio", data=audio, chunks=(1, *audio.shape[1:]) if chunked else None)
-            f.create_dataset("audio_valid", data=audio_valid)
-            f.create_dataset("boxes", data=boxes)
-            f.create_dataset("has_box", data=in_event)
-            f.create_dataset("box_source", data=box_source)
-            f.create_dataset("box_alpha", data=alpha)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            f.attrs["row_key"] = row.key
-            f.attrs["category_id"] = int(row.category_id)
-            f.attrs["box_sources"] = json.dumps(BOX_SOURCES)
-
-        _write_h5_atomic(out_dir / f"{row.key}.h5", write)
-        counts = Counter(BOX_SOURCES[int(s)] for s in source)
-        summary["box_sources"].update(counts)
+        summary["box_sources"].update(res["box_sources"])
         summary["written"] += 1
-        per_row[row.key] = {"event_seconds": [int(s) for s in secs], "box_sources": dict(counts)}
+        per_row[row.key] = res
         callbacks.on_progress(done + 1, len(rows), "crops")
     summary["box_sources"] = dict(summary["box_sources"])
     summary["per_row"] = per_row
@@ -497,7 +574,7 @@ def coarse_boxes_and_crops(
 # ---------------------------------------------------------------------------------------------
 
 
-def _reasons(row: RowLike, secs: np.ndarray, names: list[str], loaded: Mapping[str, _Cams | None],
+def _reasons(row: RowLike, secs: np.ndarray, names: list[str], loaded: Mapping[str, CamFile | None],
              avail: np.ndarray, audio_valid: np.ndarray) -> list[str]:
     """Why each of ``secs`` has no pseudo-GT: no branch selected it, plus what kept a branch out."""
     short = len(row.seconds) < ST_MIN_EVENT
@@ -522,15 +599,70 @@ def _reasons(row: RowLike, secs: np.ndarray, names: list[str], loaded: Mapping[s
 def _preview(frame_crop: np.ndarray, box: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """Crop shown at its box on a grey canvas, pseudo-GT heat map blended over it (BGR uint8)."""
     h, w = heat.shape
-    canvas = np.full((h, w, 3), 96, np.uint8)
     y0, x0, y1, x1 = (int(v) for v in box)
+    canvas = np.full((h, w, 3), 96, np.uint8)
     if y1 > y0 and x1 > x0:
-        canvas[y0:y1, x0:x1] = cv2.resize(frame_crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
-    canvas = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
-    colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        cv2.cvtColor(cv2.resize(frame_crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA),
+                     cv2.COLOR_RGB2BGR, dst=canvas[y0:y1, x0:x1])
+    colour = cv2.applyColorMap(cv2.convertScaleAbs(heat, alpha=255.0), cv2.COLORMAP_JET)
     blend = cv2.addWeighted(canvas, 0.5, colour, 0.5, 0)
     cv2.rectangle(blend, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), (255, 255, 255), 1)
     return blend
+
+
+def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[int, int],
+               seconds: np.ndarray, cfg: PseudoGTConfig, scratch: _Scratch) -> np.ndarray:
+    """Pseudo-GT maps [len(keep), H, W] float32 (in ``scratch``) for event seconds ``keep``.
+
+    Steps 4–6 of SPEC §5: fine CAMs pasted at ``boxes`` [n, 4], fused, summed over the temporal
+    window (the average's division cancels in the min-max that follows), min-max, sparsified.
+    """
+    fused = scratch.get("fine", (len(keep), *size))
+    out = scratch.get("gt", (len(keep), *size))
+    for i, j in enumerate(keep):
+        use = np.flatnonzero(g.selected[:, j] & (g.probs[:, j] > 0))
+        fuse_frame([g.pasted(b, j, boxes[j], size, scratch) for b in use], g.probs[use, j], fused[i])
+    for i, nbrs in enumerate(temporal_neighbours(seconds, cfg.smooth_window)):
+        _sparsify_normalised(_normalise(_window_sum(fused, nbrs, out[i])), cfg.sparsify_factor)
+    return out
+
+
+def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, out_dir: Path,
+                   cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
+    """Write one row's pseudo-GT file and previews; its report entry, or None without a crop file."""
+    crop = Path(crop_dir) / f"{row.key}.h5"
+    if not crop.exists():
+        return None
+    with h5py.File(crop, "r") as f:
+        boxes_all = np.asarray(f["boxes"][()], np.int32)
+        audio_valid = np.asarray(f["audio_valid"][()], bool)
+        t, h, w = f["frames"].shape[:3]
+        secs = _event_seconds(row, t)
+        g = _gather(cam_dirs, row, secs, scratch)
+        has = g.selected.any(axis=0)
+        keep = np.flatnonzero(has)
+        out_secs = secs[keep]
+        step = max(1, len(keep) // PREVIEWS_PER_ROW)
+        shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW]  # previews: only these frames are read
+        frames = [f["frames"][int(out_secs[i])] for i in shown]  # one read each (h5py point lists are slow)
+    gt = _fine_maps(g, keep, boxes_all[secs], (h, w), out_secs, cfg, scratch)
+
+    def write(f: h5py.File) -> None:
+        f.create_dataset("maps", data=to_float16(gt), chunks=(1, *gt.shape[1:]) if len(gt) else None)
+        f.create_dataset("seconds", data=out_secs.astype(np.int32))
+        f.create_dataset("boxes", data=boxes_all[out_secs])
+        f.attrs["row_key"] = row.key
+        f.attrs["video_id"] = row.video_id
+        f.attrs["category_id"] = int(row.category_id)
+
+    _write_h5_atomic(Path(out_dir) / f"{row.key}.h5", write)
+    for k, i in enumerate(shown):
+        s = int(out_secs[i])
+        cv2.imwrite(str(Path(out_dir) / "previews" / f"{row.key}_s{s:03d}.png"), _preview(frames[k], boxes_all[s], gt[i]))
+    missing = np.flatnonzero(~has)
+    why = _reasons(row, secs[missing], g.names, g.loaded, g.available[:, missing], audio_valid)
+    return {"seconds": [int(s) for s in out_secs],
+            "without": {str(int(s)): r for s, r in zip(secs[missing], why, strict=True)}}
 
 
 def fuse_pseudo_gt(
@@ -556,49 +688,14 @@ def fuse_pseudo_gt(
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        crop = Path(crop_dir) / f"{row.key}.h5"
-        if not crop.exists():
+        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch)
+        if res is None:
             report["missing_crops"].append(row.key)
             report["rows"][row.key] = {"seconds": [], "without": {}, "error": "no crop file"}
             continue
-        with h5py.File(crop, "r") as f:
-            boxes_all = np.asarray(f["boxes"][()], np.int32)
-            audio_valid = np.asarray(f["audio_valid"][()], bool)
-            t, h, w = f["frames"].shape[:3]
-            secs = _event_seconds(row, t)
-            g = _gather(cam_dirs, row, secs)
-            has = g.selected.any(axis=0)  # = fuse_maps' ``has``
-            keep = np.flatnonzero(has)
-            out_secs = secs[keep]
-            step = max(1, len(keep) // PREVIEWS_PER_ROW)
-            shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW]  # previews: only these frames are read
-            frames = [f["frames"][int(out_secs[i])] for i in shown]  # one read each (h5py point lists are slow)
-        pasted = _minmax_inplace(g.stack((h, w), boxes_all[secs], scratch))
-        fused, _ = fuse_maps(pasted, g.probs, g.selected, cfg.fusion_eps, normalised=True)
-        smoothed = temporal_smooth(fused if len(keep) == len(fused) else fused[keep], out_secs, cfg.smooth_window)
-        gt = _sparsify_inplace(smoothed, cfg.sparsify_factor)
-
-        def write(f: h5py.File, gt=gt, out_secs=out_secs, boxes=boxes_all[out_secs], row=row) -> None:
-            f.create_dataset("maps", data=to_float16(gt), chunks=(1, *gt.shape[1:]) if len(gt) else None)
-            f.create_dataset("seconds", data=out_secs.astype(np.int32))
-            f.create_dataset("boxes", data=boxes)
-            f.attrs["row_key"] = row.key
-            f.attrs["video_id"] = row.video_id
-            f.attrs["category_id"] = int(row.category_id)
-
-        _write_h5_atomic(out_dir / f"{row.key}.h5", write)
-        n_maps += len(out_secs)
-        missing = np.flatnonzero(~has)
-        why = _reasons(row, secs[missing], g.names, g.loaded, g.available[:, missing], audio_valid)
-        report["reasons"].update(why)
-        report["rows"][row.key] = {
-            "seconds": [int(s) for s in out_secs],
-            "without": {str(int(s)): r for s, r in zip(secs[missing], why, strict=True)},
-        }
-        for k, i in enumerate(shown):
-            s = int(out_secs[i])
-            img = _preview(frames[k], boxes_all[s], gt[i])
-            cv2.imwrite(str(out_dir / "previews" / f"{row.key}_s{s:03d}.png"), img)
+        n_maps += len(res["seconds"])
+        report["reasons"].update(res["without"].values())
+        report["rows"][row.key] = res
         callbacks.on_progress(done + 1, len(rows), "pseudo_gt")
     report["reasons"] = dict(report["reasons"])
     report["maps"] = n_maps

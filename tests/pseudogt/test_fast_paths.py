@@ -1,4 +1,4 @@
-"""The fast paths of the pseudo-GT stages give exactly what the plain numpy steps give."""
+"""The fast paths of the pseudo-GT stages give what the plain numpy steps and SPEC formulas give."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from sta_models import pseudogt as P
 from sta_models.ave import AnnotationRow
+from sta_models.cam_files import read_cam_file, write_cam_file
 from sta_models.config import PseudoGTConfig
 
 
@@ -69,12 +70,127 @@ def test_temporal_smoothing_of_consecutive_seconds_equals_the_dense_version() ->
 
 def _cams(path: Path, cams: np.ndarray, seconds: list[int], pred: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["cams"] = cams.astype(np.float16)
-        f["seconds"] = np.asarray(seconds)
-        f["pred_class"] = np.asarray(pred)
-        f["pred_prob"] = np.full(len(seconds), 0.8, np.float32)
-        f["true_prob"] = np.linspace(0.5, 0.9, len(seconds)).astype(np.float32)
+    prob = np.linspace(0.5, 0.9, len(seconds)).astype(np.float32)
+    write_cam_file(path, {"cams": list(cams), "seconds": seconds, "pred_class": pred,
+                          "pred_prob": np.full(len(seconds), 0.8, np.float32), "true_prob": prob}, {})
+
+
+def _spec_fusion(maps: np.ndarray, probs: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """SPEC §5 literally: F = minmax((Σ p_b·M_b + eps) / (Σ p_b + eps)), M_b = minmax(C_b), in float64."""
+    def mm(x: np.ndarray) -> np.ndarray:
+        span = x.max() - x.min()
+        return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+    m = np.stack([mm(c.astype(np.float64)) for c in maps])
+    return mm((np.tensordot(probs, m, axes=1) + eps) / (probs.sum() + eps))
+
+
+def test_fusion_equals_the_spec_formula() -> None:
+    """The min-max that ends the formula cancels ε, the denominator and each branch's offset."""
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n = int(rng.integers(1, 4))
+        maps = rng.random((n, 17, 23)).astype(np.float32) * rng.uniform(0.1, 50, (n, 1, 1)).astype(np.float32)
+        maps += rng.uniform(-5, 5, (n, 1, 1)).astype(np.float32)
+        if trial % 5 == 0:
+            maps[0] = 3.0  # a constant branch map contributes nothing
+        probs = rng.uniform(0.05, 1.0, n)
+        out = np.empty((17, 23), np.float32)
+        got = P.fuse_frame(list(maps), probs.tolist(), out)
+        assert got is out
+        np.testing.assert_allclose(out, _spec_fusion(maps, probs), atol=2e-6)
+        assert out.min() == 0.0 or not out.any()
+    # no usable branch: all-zero F (no weight, or only constant maps)
+    np.testing.assert_array_equal(P.fuse_frame([np.ones((3, 3), np.float32)], [0.9], out[:3, :3]), 0.0)
+    np.testing.assert_array_equal(P.fuse_frame([np.ones((3, 3), np.float32)], [0.0], out[:3, :3]), 0.0)
+
+
+def test_sparsify_keeps_pixels_equal_to_the_threshold() -> None:
+    m = np.array([[[0.0, 0.5, 0.5, 1.0]]], np.float32)  # mean .5: factor 1 -> thr .5, kept (zero *below*)
+    np.testing.assert_array_equal(P.sparsify(m, 1.0), m)
+    np.testing.assert_array_equal(P.sparsify(m, 1.01), [[[0, 0, 0, 1]]])
+
+
+def test_cam_files_are_uncompressed_per_second_chunks(tmp_path: Path) -> None:
+    cams = np.random.default_rng(4).random((3, 12, 12)).astype(np.float32)
+    path = tmp_path / "r.h5"
+    write_cam_file(path, {"cams": list(cams), "seconds": [4, 5, 6], "pred_class": [1, 2, 3],
+                          "pred_prob": [0.5] * 3, "true_prob": [0.25, 0.5, 0.75]}, {"branch": "s"})
+    with h5py.File(path) as f:
+        assert f["cams"].chunks == (1, 12, 12) and f["cams"].compression is None
+        assert f["cams"].dtype == np.float16 and f.attrs["branch"] == "s"
+    buf = np.zeros((5, 12, 12), np.float16)
+    got = read_cam_file(path, alloc=lambda shape: buf[: shape[0]])
+    assert got is not None and np.shares_memory(got.cams, buf)
+    np.testing.assert_array_equal(got.cams, cams.astype(np.float16))
+    assert got.seconds.tolist() == [4, 5, 6] and got.pred_class.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(got.true_prob, np.float32([0.25, 0.5, 0.75]))
+    np.testing.assert_array_equal(read_cam_file(path).cams, got.cams)
+    assert read_cam_file(tmp_path / "missing.h5") is None
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left
+
+
+def _reference_pseudo_gt(coarse: Path, fine: Path, frames: np.ndarray, row: AnnotationRow,
+                         cfg: PseudoGTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and pseudo-GT maps of one row from plain numpy steps and the literal fusion formula."""
+    def load(root: Path) -> dict[str, tuple]:
+        out = {}
+        for b in ("s", "sa", "st"):
+            with h5py.File(root / b / f"{row.key}.h5") as f:
+                out[b] = (f["cams"][()].astype(np.float32), f["pred_class"][()], f["true_prob"][()])
+        return out
+
+    h, w = frames.shape[1:3]
+    c = load(coarse)
+    fused = []
+    for j in range(len(row.seconds)):
+        sel = [b for b in c if c[b][1][j] == row.category_id]
+        fused.append(_spec_fusion(np.stack([c[b][0][j] for b in sel]), np.array([c[b][2][j] for b in sel])))
+    boxes, _ = P.box_from_map(np.stack(fused).astype(np.float32), cfg.alpha_start, cfg.alpha_step, cfg.min_box)
+    full = np.tile([0, 0, h, w], (len(frames), 1))
+    full[list(row.seconds)] = boxes
+    in_event = np.isin(np.arange(len(frames)), list(row.seconds))
+    boxes = P.smooth_boxes(full, in_event)[list(row.seconds)]
+    f = load(fine)
+    fine_fused = []
+    for j in range(len(row.seconds)):
+        sel = [b for b in f if f[b][1][j] == row.category_id]
+        pasted = P.paste_maps(np.stack([f[b][0][j] for b in sel]), np.stack([boxes[j]] * len(sel)), (h, w))
+        fine_fused.append(_spec_fusion(pasted, np.array([f[b][2][j] for b in sel])))
+    smoothed = P.temporal_smooth(np.stack(fine_fused).astype(np.float32), list(row.seconds), cfg.smooth_window)
+    return boxes, P.sparsify(smoothed, cfg.sparsify_factor)
+
+
+def test_stages_equal_plain_steps_and_the_spec_formula(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    h = w = 40
+    feat = tmp_path / "features"
+    feat.mkdir()
+    frames = rng.integers(0, 255, (7, h, w, 3), dtype=np.uint8)
+    with h5py.File(feat / "v.h5", "w") as f:
+        f["frames"] = frames
+        f["audio"] = np.zeros((7, 81, 199), np.float32)
+        f["audio_valid"] = np.ones(7, bool)
+    row = AnnotationRow("Bark", 2, "v", 1, 7, 2)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for stage, size in (("coarse", h), ("fine", 24)):
+        for b in ("s", "sa", "st"):
+            cy, cx = rng.uniform(10, 30, 2) * size / h
+            blob = np.exp(-((yy[:size, :size] - cy) ** 2 + (xx[:size, :size] - cx) ** 2) / (2 * 5.0**2))
+            cams = blob[None] * rng.uniform(0.5, 1, (6, 1, 1)) + 0.1 * rng.random((6, size, size))
+            _cams(tmp_path / stage / b / f"{row.key}.h5", cams, list(range(1, 7)), [2] * 6)
+    cfg = PseudoGTConfig(min_box=12)
+    dirs = lambda root: {b: root / b for b in ("s", "sa", "st")}  # noqa: E731
+    P.coarse_boxes_and_crops(dirs(tmp_path / "coarse"), [row], feat, tmp_path / "crops", cfg)
+    P.fuse_pseudo_gt(dirs(tmp_path / "fine"), tmp_path / "crops", [row], tmp_path / "pgt", cfg)
+    boxes, maps = _reference_pseudo_gt(tmp_path / "coarse", tmp_path / "fine", frames, row, cfg)
+    with h5py.File(tmp_path / "crops" / f"{row.key}.h5") as f:
+        np.testing.assert_array_equal(f["boxes"][1:7], boxes)
+    with h5py.File(tmp_path / "pgt" / f"{row.key}.h5") as f:
+        got = f["maps"][()].astype(np.float32)
+    assert got.shape == maps.shape == (6, h, w)
+    np.testing.assert_allclose(got, maps, atol=1e-3)  # float16 storage: half an ulp at 1 is 2.4e-4
+    assert ((got > 0) == (maps > 0)).mean() > 0.999  # the same support after sparsification
 
 
 def test_rows_processed_together_equal_rows_processed_alone(tmp_path: Path) -> None:
