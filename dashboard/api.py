@@ -19,7 +19,7 @@ from .formatting import duration_s, iso
 from .logs import read_from, tail_lines
 from .params import int_arg, json_object
 from .paths import inside
-from .results import evaluation
+from .results import evaluation, evaluation_json, result_tables
 from .submission import validate
 from .views import artefact_json, pipeline_json, stage_json
 
@@ -122,7 +122,7 @@ def pipeline_results(pipeline_id: int):  # type: ignore[no-untyped-def]
     ev = evaluation(db_session(), pipeline_or_404(pipeline_id), settings())
     return jsonify(
         pipeline_id=pipeline_id, status=ev.stage.status if ev.stage else None, metrics=ev.metrics,
-        tables=[vars(t) for t in ev.tables], problem=ev.problem, videos=ev.videos,
+        tables=result_tables(ev.result), problem=ev.problem, videos=ev.videos, evaluation=evaluation_json(ev),
     )
 
 

@@ -8,6 +8,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import Conflict
 
 from sta_models.config import PRESETS
+from sta_models.evaluation_result import METRIC_LABELS
 
 from . import jobs, queries
 from .api import log_file, pipeline_or_404, settings, stage_or_404
@@ -23,7 +24,7 @@ from .config_form import (
 from .database import db_session
 from .params import int_arg
 from .paths import display_dataset_root
-from .results import evaluation
+from .results import ablation_view, dataset_view, evaluation, per_video_rows
 from .submission import validate
 from .views import RERUNNABLE, artefact_json, graph_columns, is_preview, stage_json
 
@@ -127,4 +128,8 @@ def rerun(stage_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/pipelines/<int:pipeline_id>/results")
 def results(pipeline_id: int):  # type: ignore[no-untyped-def]
     p = pipeline_or_404(pipeline_id)
-    return render_template("results.html", p=p, ev=evaluation(db_session(), p, settings()))
+    ev = evaluation(db_session(), p, settings())
+    r = ev.result
+    return render_template("results.html", p=p, ev=ev, r=r, labels=METRIC_LABELS,
+                           dataset=dataset_view(r) if r else None, ablation=ablation_view(r) if r else None,
+                           per_video=per_video_rows(r) if r else [])

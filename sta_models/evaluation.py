@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import zlib
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from sta_models import evaluation_result as R
 from sta_models import metrics as M
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.config import EvaluateConfig
@@ -260,21 +260,50 @@ def _ranges(nums: Sequence[int]) -> str:
     return "frames " + ",".join(parts)
 
 
+def method_result(report: EvaluationReport) -> R.MethodResult:
+    """The schema's dataset row of one method."""
+    return R.MethodResult(
+        method=report.name, label=R.METHOD_LABELS.get(report.name, report.name),
+        values=_json_floats(report.dataset), frames_scored=report.frames, frames_missing=report.missing_frames,
+        frames_nan=report.nan_frames, videos_scored=sum(v.frames > 0 for v in report.videos),
+        nan_counts=report.nan_counts, unpredicted_videos=report.unpredicted_videos,
+        unmatched_videos=report.unmatched_videos, extra_frames=report.extra_frames,
+    )
+
+
+def video_results(report: EvaluationReport) -> list[R.VideoResult]:
+    """The schema's per-video rows of one method."""
+    return [R.VideoResult(video=v.video, method=report.name, values=_json_floats(v.scores), frames_scored=v.frames,
+                          frames_missing=len(v.missing), frames_nan=v.nan_frames) for v in report.videos]
+
+
+def build_result(
+    reports: Sequence[EvaluationReport],
+    config: EvaluateConfig | None = None,
+    ablation: R.Ablation | None = None,
+    strips: Sequence[R.Strip] = (),
+) -> R.EvaluationResult:
+    """The evaluate stage's result (``metrics.json``, :mod:`sta_models.evaluation_result`)."""
+    return R.EvaluationResult(
+        dataset=[method_result(r) for r in reports],
+        videos=[v for r in reports for v in video_results(r)],
+        metrics=list(METRICS), protocol=reports[0].protocol if reports else "stavis",
+        config=(config or EvaluateConfig()).model_dump(), ablation=ablation, strips=list(strips),
+    )
+
+
 def write_reports(
     reports: Sequence[EvaluationReport],
     json_path: Path | str | None = None,
     csv_path: Path | str | None = None,
     config: EvaluateConfig | None = None,
+    ablation: R.Ablation | None = None,
+    strips: Sequence[R.Strip] = (),
 ) -> tuple[Path | None, Path | None]:
-    """One JSON (``{"reports": {name: …}}``) and one CSV (a row per method × video, plus ``ALL``)."""
+    """``metrics.json`` (:func:`build_result`) and one CSV (a row per method × video, plus ``ALL``)."""
     jp = cp = None
     if json_path is not None:
-        jp = Path(json_path)
-        jp.parent.mkdir(parents=True, exist_ok=True)
-        data = {"protocol": reports[0].protocol if reports else "stavis",
-                "config": (config or EvaluateConfig()).model_dump(),
-                "reports": {r.name: r.to_dict() for r in reports}}
-        jp.write_text(json.dumps(data, indent=2))
+        jp = R.write_evaluation(json_path, build_result(reports, config, ablation, strips))
     if csv_path is not None:
         cp = Path(csv_path)
         cp.parent.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,12 @@ def dispatched() -> Iterator[DispatchRecorder]:
         yield recorder
     finally:
         orchestration.set_dispatcher(old)
+
+
+@pytest.fixture(scope="session")
+def real_evaluation(synth_root: Path, synth_features: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real evaluate-stage output (metrics.json with ablation, strips, overlays) on the synthetic
+    set; see tests/real_evaluation.py for what is real (all but the branch networks)."""
+    from tests.real_evaluation import make_real_evaluation
+
+    return make_real_evaluation(synth_root, synth_features, tmp_path_factory.mktemp("pipeline"))

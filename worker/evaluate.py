@@ -22,7 +22,9 @@ def _inputs(folder: Path, feature_dir: Path, video_ids: list[str]) -> Path:
 
 
 def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
-    from sta_models.evaluation import evaluate_baseline, evaluate_folder, write_reports
+    from sta_models.ablation import AblationInputs, format_ablation
+    from sta_models.evaluation import format_table
+    from sta_models.evaluation_stage import score_predictions
     from sta_models.predict import predict_videos
 
     cfg = ctx.config.evaluate
@@ -52,17 +54,17 @@ def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
         ctx.callbacks.log(f"no ground truth at {gt_dir}: predictions only")
         summary["metrics"] = None
         return summary
-    sta = evaluate_folder(pred_dir, gt_dir, cfg=cfg, callbacks=ctx.callbacks, name="sta")
-    scored = [v.video for v in sta.videos]
-    centre = evaluate_baseline(gt_dir, "centre", videos=scored or test_ids, cfg=cfg, callbacks=ctx.callbacks)
-    write_reports([sta, centre], json_path=ctx.output_dir / "metrics.json", csv_path=ctx.output_dir / "metrics.csv",
-                  config=cfg)
-    from sta_models.evaluation import format_table
-
-    table = format_table([sta, centre], per_video=False)
-    ctx.callbacks.log("evaluation:\n" + table)
+    inputs = AblationInputs(cams_coarse=ctx.dirs["cams_coarse"], crops=ctx.dirs["crops"],
+                            cams_fine=ctx.dirs["cams_fine"], pseudo_gt=ctx.dirs["pseudo_gt"], predictions=pred_dir)
+    scored = score_predictions(pred_dir, gt_dir, ctx.output_dir, feature_dir=feature_dir, test_rows=dataset.test,
+                               ablation_inputs=inputs, videos=test_ids, cfg=cfg, callbacks=ctx.callbacks)
+    sta, centre, ablation = scored.sta, scored.centre, scored.result.ablation
+    ctx.callbacks.log("evaluation:\n" + format_table([sta, centre], per_video=False))
+    if ablation is not None:
+        ctx.callbacks.log("ablation against the true saliency:\n" + format_ablation(ablation))
     for line in sta.problems():
         ctx.callbacks.log(f"sta: {line}")
     summary["metrics"] = {"sta": sta.to_dict()["dataset"], "centre": centre.to_dict()["dataset"]}
     summary["frames"] = sta.frames
+    summary["ablation_frames"] = ablation.rows[0].frames_scored + ablation.rows[0].frames_missing if ablation else None
     return summary

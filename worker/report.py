@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 
 from db.models import Stage
@@ -15,6 +17,7 @@ def evaluation_table(url: str, pipeline_id: int) -> str:
         stage = s.scalars(select(Stage).where(Stage.pipeline_id == pipeline_id, Stage.kind == "evaluate")).one_or_none()
         summary = dict(stage.summary or {}) if stage is not None else {}
         status = stage.status if stage is not None else "missing"
+        out_dir = stage.output_dir if stage is not None else None
     metrics = summary.get("metrics")
     if not metrics:
         return f"no evaluation results (evaluate stage {status})"
@@ -25,4 +28,22 @@ def evaluation_table(url: str, pipeline_id: int) -> str:
         lines.append(f"{label:<14}" + "".join(
             f"{row[k]:>8.3f}" if isinstance(row.get(k), int | float) else f"{'-':>8}" for k, _ in COLUMNS))
     lines.append("(KLD: lower is better; all others: higher is better)")
-    return "\n".join(lines)
+    ablation = _ablation_table(out_dir)
+    return "\n".join(lines) + (f"\n\n{ablation}" if ablation else "")
+
+
+def _ablation_table(out_dir: str | None) -> str | None:
+    """The ablation table of the evaluate stage's ``metrics.json`` (datasets with true saliency)."""
+    if not out_dir:
+        return None
+    from sta_models.evaluation_result import EvaluationFileError, load_evaluation
+
+    try:
+        ablation = load_evaluation(Path(out_dir) / "metrics.json").ablation
+    except EvaluationFileError:
+        return None
+    if ablation is None:
+        return None
+    from sta_models.ablation import format_ablation
+
+    return format_ablation(ablation)

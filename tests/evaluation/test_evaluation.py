@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from scipy.io import savemat
 
 from sta_models import evaluation as E
 from sta_models.config import EvaluateConfig
+from sta_models.evaluation_result import load_evaluation
 from sta_models.imageio_utils import read_map, write_map
 
 H, W = 36, 48
@@ -140,10 +140,12 @@ def test_cli_writes_json_csv_and_table(gt: Path, tmp_path: Path, capsys: pytest.
     captured = capsys.readouterr()
     assert rc == 0
     assert "vidB: frames 1" in captured.err
-    data = json.loads((out / "metrics.json").read_text())
-    assert set(data["reports"]) == {"prediction", "centre"}
-    assert data["reports"]["prediction"]["missing"] == {"vidB": [1]}
-    assert data["config"]["n_splits"] == 5
+    result = load_evaluation(out / "metrics.json")
+    assert [m.method for m in result.dataset] == ["prediction", "centre"]
+    by_video = {v.video: v for v in result.videos_of("prediction")}
+    assert by_video["vidB"].frames_missing == 1 and by_video["vidA"].frames_missing == 0
+    assert result.method("prediction").frames_missing == 1
+    assert result.config["n_splits"] == 5
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     all_rows = {r["method"]: r for r in rows if r["video"] == "ALL"}
     assert float(all_rows["prediction"]["cc"]) > float(all_rows["centre"]["cc"])

@@ -1,0 +1,188 @@
+"""The paper's ablation on a dataset with true saliency: every intermediate map against the truth.
+
+Scored with the STAViS protocol (:func:`sta_models.evaluation.evaluate_predictor`) on one frame
+set, the event seconds of the given rows that have a pseudo-GT, so the rows compare like with like:
+each branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
+and the fine fusion (SPEC §5's probability-weighted fusion, before smoothing and sparsification),
+the pseudo-GT, STA's predictions and the centre-bias baseline. A method without a map for a frame
+of the set (ST on a short event, SA without audio) counts it as missing.
+
+CAMs are read only through :func:`sta_models.cam_files.read_cam_file`, whatever their stored
+resolution; maps are resized to the ground truth's size by the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sta_models import evaluation_result as R
+from sta_models.callbacks import NO_CALLBACKS, Callbacks
+from sta_models.cam_files import read_cam_file
+from sta_models.config import EvaluateConfig
+from sta_models.evaluation import centre_bias_map, evaluate_predictor, list_ground_truth, list_predictions
+from sta_models.imageio_utils import read_map
+from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
+
+BRANCHES = ("s", "sa", "st")
+ABLATION_METRICS = ["cc", "nss", "sim"]
+
+
+@dataclass(frozen=True)
+class AblationInputs:
+    """The pipeline's folders the ablation reads."""
+
+    cams_coarse: Path  # <branch>/<row key>.h5
+    crops: Path  # <row key>.h5 (boxes, frames)
+    cams_fine: Path  # <branch>/<row key>.h5
+    pseudo_gt: Path  # <row key>.h5 (maps, seconds)
+    predictions: Path | None = None  # STA: <video>/<frame>.png
+
+
+def methods() -> list[tuple[str, str, str]]:
+    """(method, label, group) of every ablation row, in table order."""
+    out = []
+    for phase in ("coarse", "fine"):
+        out += [(f"cam_{b}_{phase}", f"CAM {b.upper()} ({phase})", f"{phase} CAMs") for b in BRANCHES]
+        out.append((f"fusion_{phase}", f"fusion ({phase})", f"{phase} CAMs"))
+    return [*out, ("pseudo_gt", "pseudo-GT", "pseudo-GT"), ("sta", "STA", "STA"),
+            ("centre", "centre bias", "baseline")]
+
+
+def _read_pgt(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        return np.asarray(f["seconds"][()], np.int64), f["maps"][()]
+
+
+def _fuse(maps: Sequence[np.ndarray], weights: Sequence[float], shape: tuple[int, int]) -> np.ndarray | None:
+    if not maps or not any(w > 0 for w in weights):
+        return None
+    return fuse_frame(list(maps), list(weights), np.empty(shape, np.float32))
+
+
+def row_maps(row: RowLike, inputs: AblationInputs) -> dict[int, dict[str, np.ndarray]]:
+    """``second → method → map`` for the row's seconds with a pseudo-GT (no STA/centre: those are per frame)."""
+    pgt = _read_pgt(Path(inputs.pseudo_gt) / f"{row.key}.h5")
+    crop = Path(inputs.crops) / f"{row.key}.h5"
+    if pgt is None or not crop.exists():
+        return {}
+    with h5py.File(crop, "r") as f:
+        boxes = np.asarray(f["boxes"][()], np.int64)
+        size = tuple(int(x) for x in f["frames"].shape[1:3])
+    files = {(phase, b): read_cam_file(Path(d) / b / f"{row.key}.h5")
+             for phase, d in (("coarse", inputs.cams_coarse), ("fine", inputs.cams_fine)) for b in BRANCHES}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for second, gt_map in zip(*pgt, strict=True):
+        s = int(second)
+        maps: dict[str, np.ndarray] = {"pseudo_gt": to_float32(gt_map).copy()}
+        for phase in ("coarse", "fine"):
+            got: list[tuple[np.ndarray, bool, float]] = []
+            for b in BRANCHES:
+                c = files[(phase, b)]
+                hit = None if c is None else np.flatnonzero(c.seconds == s)
+                if c is None or not len(hit):
+                    continue
+                i = int(hit[0])
+                cam = to_float32(c.cams[i]).copy()
+                if phase == "fine":  # the crop's CAM back at its box in the frame
+                    cam = paste_map(cam, boxes[s], np.empty(size, np.float32)).copy()
+                else:
+                    cam = _resize(cam, size)
+                maps[f"cam_{b}_{phase}"] = cam
+                got.append((cam, int(c.pred_class[i]) == int(row.category_id), float(c.true_prob[i])))
+            selected = [(m, p) for m, sel, p in got if sel and p > 0]
+            if selected:
+                fused = _fuse([m for m, _ in selected], [p for _, p in selected], size)
+            elif phase == "coarse":  # no branch selected it: the pipeline boxes on the plain average
+                fused = _fuse([m for m, _, _ in got], [1.0] * len(got), size)
+            else:
+                fused = None
+            if fused is not None:
+                maps[f"fusion_{phase}"] = fused
+        out[s] = maps
+    return out
+
+
+def _resize(m: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    if m.shape == tuple(size):
+        return m
+    import cv2
+
+    return cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def run_ablation(
+    rows: Sequence[RowLike],
+    gt_dir: Path | str,
+    inputs: AblationInputs,
+    *,
+    cfg: EvaluateConfig | None = None,
+    callbacks: Callbacks | None = None,
+) -> R.Ablation | None:
+    """The ablation table of ``rows`` (the test split), or None when no row has a pseudo-GT and GT.
+
+    GT frame N is second N − 1 (the STAViS layout numbers from 1).
+    """
+    cb = callbacks or NO_CALLBACKS
+    gt = list_ground_truth(gt_dir)
+    by_video: dict[str, list[RowLike]] = {}
+    for r in rows:
+        if r.video_id in gt:
+            by_video.setdefault(r.video_id, []).append(r)
+    frames: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for video, video_rows in sorted(by_video.items()):
+        cb.check_cancel()
+        per_second: dict[int, dict[str, np.ndarray]] = {}
+        for r in video_rows:
+            per_second.update(row_maps(r, inputs))
+        kept = {s + 1: m for s, m in per_second.items() if s + 1 in gt[video]}
+        if kept:
+            frames[video] = kept
+    n_frames = sum(len(f) for f in frames.values())
+    if not n_frames:
+        return None
+    preds = list_predictions(inputs.predictions) if inputs.predictions and Path(inputs.predictions).is_dir() else {}
+
+    def predictor_of(method: str) -> Callable[[str, int, tuple[int, int]], Any]:
+        def predict(video: str, n: int, shape: tuple[int, int]) -> np.ndarray | None:
+            maps = frames[video].get(n)
+            if maps is None:
+                return None
+            if method == "centre":
+                return centre_bias_map(*shape)
+            if method == "sta":
+                path = preds.get(video, {}).get(n)
+                return None if path is None else read_map(path)
+            return maps.get(method)
+        return predict
+
+    out = R.Ablation(metrics=list(ABLATION_METRICS),
+                     frames=f"{n_frames} frames of {len(frames)} test videos: the event seconds with a pseudo-GT")
+    for method, label, group in methods():
+        rep = evaluate_predictor(predictor_of(method), gt_dir, videos=sorted(frames), name=method, cfg=cfg,
+                                 callbacks=cb)
+        values = rep.dataset
+        out.rows.append(R.AblationRow(
+            method=method, label=label, group=group,
+            values={m: (None if np.isnan(values[m]) else round(float(values[m]), 6)) for m in ABLATION_METRICS},
+            frames_scored=rep.frames, frames_missing=n_frames - rep.frames))
+    return out
+
+
+def format_ablation(ablation: R.Ablation) -> str:
+    """The ablation as a fixed-width text table (``stapipe demo``'s output, the stage log)."""
+    cols = ablation.metrics
+    head = f"{'ablation':<20}" + "".join(f"{R.METRIC_LABELS.get(m, m):>8}" for m in cols) + f"{'frames':>8}"
+    lines = [head, "-" * len(head)]
+    for r in ablation.rows:
+        cells = "".join(f"{v:>8.3f}" if (v := r.values.get(m)) is not None else f"{'-':>8}" for m in cols)
+        lines.append(f"{r.label:<20}{cells}{r.frames_scored:>8}")
+    lines.append(f"({ablation.frames})")
+    return "\n".join(lines)
