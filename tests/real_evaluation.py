@@ -94,9 +94,8 @@ def make_real_evaluation(dataset_root: Path, feature_dir: Path, root: Path) -> R
                    pcfg)
     tcfg = TrainConfig(backbone="resnet18", input_size=64, epochs=1, batch_size=8, lr=1e-2, decay_epochs=[5],
                        weight_decay=1e-4, workers=0, device="cpu", seed=0)
-    # a few rows only: one epoch on the loaded CI machine must stay in seconds (a real, weak model)
-    train_sta({"train": list(dataset.train)[:2], "val": list(dataset.val)[:1]}, feature_dir, dirs["pseudo_gt"],
-              dirs["train_sta"], tcfg, channels=8, use_cache=False)
+    train_sta({"train": dataset.train, "val": dataset.val}, feature_dir, dirs["pseudo_gt"], dirs["train_sta"], tcfg,
+              channels=8, use_cache=False)
     test_ids = sorted({r.video_id for r in dataset.test})
     inputs = root / "test_inputs"
     inputs.mkdir()

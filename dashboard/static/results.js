@@ -48,6 +48,15 @@
     card.querySelector("output").textContent = input.dataset.seconds.split(",")[i];
   }
 
+  // sizes from data attributes: the CSP allows no inline style attributes, but the CSSOM is fine
+  document.querySelectorAll(".strip-view").forEach((view) => {
+    view.style.width = `${view.dataset.width}px`;
+    view.style.height = `${view.dataset.height}px`;
+  });
+  document.querySelectorAll(".strip-labels").forEach((labels) => {
+    labels.style.gridTemplateColumns = `repeat(${labels.dataset.columns}, ${labels.dataset.panelWidth}px)`;
+  });
+
   document.querySelectorAll("input.strip-second").forEach((input) => {
     input.addEventListener("input", () => showSecond(input));
     showSecond(input);

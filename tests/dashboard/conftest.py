@@ -200,3 +200,17 @@ def add_item(session: Session, stage: Stage, video_id: str, status: str, reason:
     session.add(ExtractionItem(stage_id=stage.id, pipeline_id=stage.pipeline_id, video_id=video_id,
                                status=status, reason=reason))
     session.commit()
+
+
+def install_evaluation(session: Session, settings: Settings, p: Pipeline, real: Any) -> Stage:
+    """Copy a real evaluate output (tests/real_evaluation.py) into ``p``'s evaluate folder and record
+    its files with the worker's own recorder, as a finished evaluate stage leaves them."""
+    import shutil
+
+    from worker.stage_runner import record_folder
+
+    stage = stage_of(p, "evaluate")
+    shutil.copytree(real.evaluate_dir, Path(stage.output_dir), dirs_exist_ok=True)
+    record_folder(session, stage.id, "evaluate", Path(stage.output_dir))
+    session.commit()
+    return stage

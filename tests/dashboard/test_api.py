@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from db.models import EpochMetric, Stage
 from worker.settings import Settings
 
-from .conftest import Sent, add_artefact, add_item, make_pipeline, stage_of
+from .conftest import Sent, add_artefact, add_item, install_evaluation, make_pipeline, stage_of
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -279,21 +280,43 @@ def test_artefacts_list(api: FlaskClient, session: Session, settings: Settings) 
     assert body["items"][0]["url"] == f"/artefacts/{a.id}/file"
 
 
-def test_results(api: FlaskClient, session: Session, settings: Settings) -> None:
+def test_results_without_an_evaluation(api: FlaskClient, session: Session, settings: Settings) -> None:
     p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
-    ev = stage_of(p, "evaluate")
     empty = api.get(f"/api/v1/pipelines/{p.id}/results").json
     assert empty["tables"] == [] and empty["metrics"] is None and empty["status"] == "succeeded"
-    add_artefact(session, settings, ev, f"{p.id}/evaluate/metrics.json",
-                 b'{"datasets": {"ave": {"cc": 0.5, "nss": 1.5}}, "videos": [{"video_id": "v1", "cc": 0.4}]}',
-                 kind="metrics")
-    add_artefact(session, settings, ev, f"{p.id}/evaluate/v1_overlay.mp4", b"\0" * 64, kind="video")
+    assert empty["evaluation"] is None
+
+
+@pytest.mark.slow  # the real_evaluation fixture trains and runs STA (~1 min)
+def test_results_of_a_real_evaluation(api: FlaskClient, session: Session, settings: Settings,
+                                      real_evaluation: Any) -> None:
+    p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
+    install_evaluation(session, settings, p, real_evaluation)
     body = api.get(f"/api/v1/pipelines/{p.id}/results").json
-    assert body["tables"] == [
-        {"title": "datasets", "columns": ["cc", "nss"], "rows": [["ave", [0.5, 1.5]]]},
-        {"title": "videos", "columns": ["cc"], "rows": [["v1", [0.4]]]},
-    ]
-    assert [v["name"] for v in body["videos"]] == ["v1_overlay.mp4"]
+    ev = body["evaluation"]
+    sta, centre = real_evaluation.scored.sta, real_evaluation.scored.centre
+    assert ev["schema_version"] == 1 and ev["metrics"] == ["cc", "nss", "sim", "kld", "auc_j", "auc_b", "sauc"]
+    assert [(d["method"], d["label"]) for d in ev["dataset"]] == [("sta", "STA"), ("centre", "centre bias")]
+    assert ev["dataset"][0]["values"]["cc"] == pytest.approx(sta.dataset["cc"], abs=1e-6)
+    assert ev["dataset"][1]["values"]["nss"] == pytest.approx(centre.dataset["nss"], abs=1e-6)
+    videos = [v for v in ev["videos"] if v["method"] == "sta"]
+    assert {v["video"] for v in videos} == {v.video for v in sta.videos}
+    for v in videos:
+        assert set(v) >= {"video", "method", "values", "frames_scored", "frames_missing", "frames_nan"}
+        assert api.get(v["strip_url"]).mimetype == "image/jpeg"
+    assert any(v["overlay_url"] for v in videos)
+    assert [r["method"] for r in ev["ablation"]["rows"]][:4] == ["cam_s_coarse", "cam_sa_coarse", "cam_st_coarse",
+                                                                 "fusion_coarse"]
+    assert body["tables"][0]["title"] == "dataset" and body["problem"] is None
+    assert body["metrics"]["name"] == "metrics.json"
+
+
+def test_results_of_an_unknown_schema_version(api: FlaskClient, session: Session, settings: Settings) -> None:
+    p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
+    add_artefact(session, settings, stage_of(p, "evaluate"), f"{p.id}/evaluate/metrics.json",
+                 b'{"schema_version": 99, "dataset": []}', kind="metrics")
+    body = api.get(f"/api/v1/pipelines/{p.id}/results").json
+    assert body["evaluation"] is None and "schema version 99" in body["problem"]
 
 
 def test_openapi_is_served(api: FlaskClient) -> None:

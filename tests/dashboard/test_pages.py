@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from db.models import Artefact, Stage
 from worker.settings import Settings
 
-from .conftest import Sent, add_artefact, add_item, csrf_of, make_pipeline, stage_of
+from .conftest import Sent, add_artefact, add_item, csrf_of, install_evaluation, make_pipeline, stage_of
 
 
 def text(response) -> str:  # type: ignore[no-untyped-def]
@@ -212,17 +213,32 @@ def test_stage_page_lists_failed_videos(browser_client: FlaskClient, session: Se
     assert "broken01" in html and "no video stream" in html
 
 
-def test_results_page(browser_client: FlaskClient, session: Session, settings: Settings) -> None:
-    p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
-    ev = stage_of(p, "evaluate")
+def test_results_page_before_the_evaluation(browser_client: FlaskClient, session: Session,
+                                            settings: Settings) -> None:
+    p = make_pipeline(session, settings, statuses={"evaluate": "running"})
     assert "No evaluation yet" in text(browser_client.get(f"/pipelines/{p.id}/results"))
-    add_artefact(session, settings, ev, f"{p.id}/evaluate/metrics.json",
-                 b'{"per_dataset": {"ave": {"cc": 0.51234, "nss": 1.2}}, "per_video": {"v1": {"cc": 0.4, "nss": 1.0}}}',
-                 kind="metrics")
-    video = add_artefact(session, settings, ev, f"{p.id}/evaluate/v1_overlay.mp4", bytes(range(256)) * 4, kind="video")
+
+
+@pytest.mark.slow  # the real_evaluation fixture trains and runs STA (~1 min)
+def test_results_page(browser_client: FlaskClient, session: Session, settings: Settings, real_evaluation: Any) -> None:
+    p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
+    install_evaluation(session, settings, p, real_evaluation)
     html = text(browser_client.get(f"/pipelines/{p.id}/results"))
-    assert "Per dataset" in html and "Per video" in html and "0.5123" in html
-    assert f'<video controls preload="metadata" src="/artefacts/{video.id}/file">' in html
+    sta = real_evaluation.scored.sta
+    assert '<table class="grid results-table" id="dataset-table">' in html
+    assert '<tr data-method="sta">' in html and '<tr data-method="centre">' in html
+    assert f"{sta.dataset['cc']:.3f}" in html and 'id="ablation-table"' in html and 'id="video-table"' in html
+    for v in sta.videos:
+        assert f'data-video="{v.video}"' in html
+    assert html.count('class="strip-card"') == len(sta.videos) and "<video controls" in html
+
+
+def test_results_page_with_a_damaged_metrics_file(browser_client: FlaskClient, session: Session,
+                                                  settings: Settings) -> None:
+    p = make_pipeline(session, settings, statuses={"evaluate": "succeeded"})
+    add_artefact(session, settings, stage_of(p, "evaluate"), f"{p.id}/evaluate/metrics.json", b"{half", kind="metrics")
+    r = browser_client.get(f"/pipelines/{p.id}/results")
+    assert r.status_code == 200 and "metrics.json could not be read" in text(r)
 
 
 def test_artefact_file_supports_ranges(browser_client: FlaskClient, session: Session, settings: Settings) -> None:
