@@ -11,7 +11,6 @@ the maps STA learnt from are), plus the wall time of every stage.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import subprocess
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from sta_models.ave import load_dataset  # noqa: E402
 from sta_models.evaluation import evaluate_folder, format_table  # noqa: E402
+from sta_models.evaluation_result import load_evaluation  # noqa: E402
 
 
 def run_demo(home: Path, args: argparse.Namespace) -> float:
@@ -87,7 +87,8 @@ def main() -> int:
             "select a.path from artefacts a join stages s on s.id = a.stage_id "
             "where s.kind = 'evaluate' and a.path like '%metrics.json'").fetchone()
         (pgt_dir,) = db.execute("select output_dir from stages where kind = 'pseudo_gt'").fetchone()
-        reports = json.loads(Path(metrics_path).read_text())["reports"]
+        result = load_evaluation(metrics_path)
+        reports = {m.method: {"dataset": m.values} for m in result.dataset}
 
         dataset = load_dataset(Path(dataset_root))
         test_ids = {r.video_id for r in dataset.test}

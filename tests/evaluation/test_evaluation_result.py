@@ -103,3 +103,19 @@ def test_best_methods_respect_lower_is_better() -> None:
             R.MethodResult("c", "C", {"cc": None, "kld": None})]
     assert R.best_methods(rows, "cc") == {"b"} and R.best_methods(rows, "kld") == {"a"}
     assert R.best_methods(rows[2:], "cc") == set()
+
+
+@pytest.mark.slow  # the real_evaluation fixture trains and runs STA (~1 min)
+def test_headline_is_stas_dataset_values(real_evaluation: RealEvaluation, tmp_path: Path) -> None:
+    from dashboard.results import headline
+    from db.models import Stage
+
+    sta = real_evaluation.scored.sta.dataset
+    for where in (real_evaluation.root, real_evaluation.evaluate_dir,
+                  Stage(kind="evaluate", output_dir=str(real_evaluation.evaluate_dir))):
+        values = headline(where)
+        assert values is not None and values["cc"] == pytest.approx(sta["cc"], abs=1e-6)
+        assert set(values) == set(METRICS)
+    assert headline(tmp_path) is None
+    _write(tmp_path, {"schema_version": 7})
+    assert headline(tmp_path) is None

@@ -8,7 +8,6 @@ trained on pseudo ground truth must beat the centre-bias baseline on CC and NSS.
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sta_models.config import preset
+from sta_models.evaluation_result import load_evaluation
 
 from .conftest import ROOT, stack_env
 
@@ -64,9 +64,10 @@ def test_demo_on_embedded_default(tmp_path: Path) -> None:
     (metrics_path,) = db.execute(
         "select a.path from artefacts a join stages s on s.id = a.stage_id "
         "where s.kind = 'evaluate' and a.path like '%metrics.json'").fetchone()
-    reports = json.loads(Path(metrics_path).read_text())["reports"]
-    sta, centre = reports["sta"]["dataset"], reports["centre"]["dataset"]
-    assert reports["sta"]["frames"] > 0
+    result = load_evaluation(metrics_path)
+    sta, centre = result.method("sta").values, result.method("centre").values
+    assert result.method("sta").frames_scored > 0
+    assert result.ablation is not None and "pseudo-GT" in text and "CAM SA (fine)" in text  # synthetic: true saliency
     assert sta["cc"] > centre["cc"] + 0.05, (sta, centre)
     assert sta["nss"] > centre["nss"], (sta, centre)
     assert (home / "broker" / "queue").is_dir() and not list((home / "broker" / "queue").iterdir())

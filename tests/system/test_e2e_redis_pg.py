@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
 from db.session import session_scope
 from sta_models.config import preset
+from sta_models.evaluation_result import load_evaluation
 from worker import orchestration as orch
 from worker.stages import KINDS
 
@@ -155,8 +156,8 @@ def test_full_pipeline_injected_failure_and_rerun(stack: Stack) -> None:
     for kind in ("train_s_coarse", "train_sa_coarse", "train_st_coarse", "train_s_fine"):
         assert stack.epochs(s[kind].id) == [1]
     assert stack.epochs(s["train_sta"].id) == [1, 2]
-    metrics = json.loads((Path(s["evaluate"].output_dir) / "metrics.json").read_text())
-    assert set(metrics["reports"]) == {"sta", "centre"}
+    metrics = load_evaluation(Path(s["evaluate"].output_dir) / "metrics.json")
+    assert [m.method for m in metrics.dataset] == ["sta", "centre"]
     assert s["evaluate"].summary["metrics"]["centre"]["cc"] is not None
     log = Path(s["train_sta"].log_path).read_text()
     assert "epoch 2" in log and "attempt 1" in log
