@@ -1,8 +1,8 @@
 """The paper's ablation on a dataset with true saliency: every intermediate map against the truth.
 
-Scored with the STAViS protocol (:func:`sta_models.evaluation.evaluate_predictor`) on one frame
-set, the event seconds of the given rows that have a pseudo-GT, so the rows compare like with like:
-each branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
+Scored with the STAViS protocol's post-processing and CC, NSS and SIM (the paper's ablation
+metrics) on one frame set, the event seconds of the given rows that have a pseudo-GT, so the rows
+compare like with like: each branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
 and the fine fusion (SPEC §5's probability-weighted fusion, before smoothing and sparsification),
 the pseudo-GT, STA's predictions and the centre-bias baseline. A method without a map for a frame
 of the set (ST on a short event, SA without audio) counts it as missing.
@@ -13,20 +13,21 @@ resolution; maps are resized to the ground truth's size by the protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
 from sta_models import evaluation_result as R
+from sta_models import metrics as M
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import read_cam_file
 from sta_models.config import EvaluateConfig
-from sta_models.evaluation import centre_bias_map, evaluate_predictor, list_ground_truth, list_predictions
-from sta_models.imageio_utils import read_map
+from sta_models.evaluation import centre_bias_map, list_ground_truth, list_predictions, postprocess_prediction
+from sta_models.imageio_utils import read_fixations, read_map
 from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
 
 BRANCHES = ("s", "sa", "st")
@@ -118,6 +119,20 @@ def _resize(m: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _score(raw: np.ndarray, gt_map: np.ndarray, fix: np.ndarray, sigma: float) -> dict[str, float]:
+    """CC, NSS and SIM of one map with the STAViS post-processing (NaN for a constant map)."""
+    pred = postprocess_prediction(raw, sigma)
+    if pred is None:
+        return dict.fromkeys(ABLATION_METRICS, math.nan)
+    s = M.resize_map(pred, gt_map.shape)
+    return {"cc": M.cc(s, gt_map), "nss": M.nss(s, fix), "sim": M.sim(s, gt_map)}
+
+
+def _mean(vals: list[float]) -> float:
+    ok = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(ok)) if ok else math.nan
+
+
 def run_ablation(
     rows: Sequence[RowLike],
     gt_dir: Path | str,
@@ -128,51 +143,59 @@ def run_ablation(
 ) -> R.Ablation | None:
     """The ablation table of ``rows`` (the test split), or None when no row has a pseudo-GT and GT.
 
-    GT frame N is second N − 1 (the STAViS layout numbers from 1).
+    GT frame N is second N − 1 (the STAViS layout numbers from 1). Video by video, so memory holds
+    one video's maps; only CC, NSS and SIM (the paper's ablation metrics), the AUCs would cost
+    most of the time. Means go frame → video → dataset, NaN frames dropped, as the main table.
     """
+    cfg = cfg or EvaluateConfig()
     cb = callbacks or NO_CALLBACKS
     gt = list_ground_truth(gt_dir)
     by_video: dict[str, list[RowLike]] = {}
     for r in rows:
         if r.video_id in gt:
             by_video.setdefault(r.video_id, []).append(r)
-    frames: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    for video, video_rows in sorted(by_video.items()):
+    preds = list_predictions(inputs.predictions) if inputs.predictions and Path(inputs.predictions).is_dir() else {}
+    table = methods()
+    # method -> per-video means of each metric; method -> frames scored
+    video_means: dict[str, list[dict[str, float]]] = {m: [] for m, _, _ in table}
+    scored = dict.fromkeys(video_means, 0)
+    n_frames = n_videos = 0
+    for done, (video, video_rows) in enumerate(sorted(by_video.items())):
         cb.check_cancel()
         per_second: dict[int, dict[str, np.ndarray]] = {}
         for r in video_rows:
             per_second.update(row_maps(r, inputs))
-        kept = {s + 1: m for s, m in per_second.items() if s + 1 in gt[video]}
-        if kept:
-            frames[video] = kept
-    n_frames = sum(len(f) for f in frames.values())
+        frames = {s + 1: m for s, m in sorted(per_second.items()) if s + 1 in gt[video]}
+        if not frames:
+            continue
+        n_videos += 1
+        n_frames += len(frames)
+        per_frame: dict[str, list[dict[str, float]]] = {m: [] for m in video_means}
+        for n, maps in frames.items():
+            map_path, fix_path = gt[video][n]
+            gt_map, fix = read_map(map_path), read_fixations(fix_path)
+            sta = preds.get(video, {}).get(n)
+            maps = {**maps, "centre": centre_bias_map(*gt_map.shape)}
+            if sta is not None:
+                maps["sta"] = read_map(sta)
+            for method in per_frame:
+                if method in maps:
+                    per_frame[method].append(_score(maps[method], gt_map, fix, cfg.blur_sigma))
+        for method, scores in per_frame.items():
+            scored[method] += len(scores)
+            if scores:
+                video_means[method].append({m: _mean([f[m] for f in scores]) for m in ABLATION_METRICS})
+        cb.on_progress(done + 1, len(by_video), "ablation")
     if not n_frames:
         return None
-    preds = list_predictions(inputs.predictions) if inputs.predictions and Path(inputs.predictions).is_dir() else {}
-
-    def predictor_of(method: str) -> Callable[[str, int, tuple[int, int]], Any]:
-        def predict(video: str, n: int, shape: tuple[int, int]) -> np.ndarray | None:
-            maps = frames[video].get(n)
-            if maps is None:
-                return None
-            if method == "centre":
-                return centre_bias_map(*shape)
-            if method == "sta":
-                path = preds.get(video, {}).get(n)
-                return None if path is None else read_map(path)
-            return maps.get(method)
-        return predict
-
     out = R.Ablation(metrics=list(ABLATION_METRICS),
-                     frames=f"{n_frames} frames of {len(frames)} test videos: the event seconds with a pseudo-GT")
-    for method, label, group in methods():
-        rep = evaluate_predictor(predictor_of(method), gt_dir, videos=sorted(frames), name=method, cfg=cfg,
-                                 callbacks=cb)
-        values = rep.dataset
+                     frames=f"{n_frames} frames of {n_videos} test videos: the event seconds with a pseudo-GT")
+    for method, label, group in table:
+        values = {m: _mean([v[m] for v in video_means[method]]) for m in ABLATION_METRICS}
         out.rows.append(R.AblationRow(
             method=method, label=label, group=group,
-            values={m: (None if np.isnan(values[m]) else round(float(values[m]), 6)) for m in ABLATION_METRICS},
-            frames_scored=rep.frames, frames_missing=n_frames - rep.frames))
+            values={m: (None if math.isnan(v) else round(v, 6)) for m, v in values.items()},
+            frames_scored=scored[method], frames_missing=n_frames - scored[method]))
     return out
 
 
