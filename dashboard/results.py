@@ -145,9 +145,9 @@ def per_video_rows(r: R.EvaluationResult) -> list[dict[str, Any]]:
         row["values"][v.method] = v.values
         row["frames"][v.method] = (v.frames_scored, v.frames_missing, v.frames_nan)
 
-    def key(row: dict[str, Any]) -> tuple[bool, float]:
+    def key(row: dict[str, Any]) -> tuple[bool, float]:  # undefined last, as the page's sorting does
         cc = row["values"].get("sta", {}).get("cc")
-        return (cc is not None, cc if cc is not None else 0.0)
+        return (cc is None, cc if cc is not None else 0.0)
 
     return sorted(rows.values(), key=key)
 

@@ -119,3 +119,13 @@ def test_headline_is_stas_dataset_values(real_evaluation: RealEvaluation, tmp_pa
     assert headline(tmp_path) is None
     _write(tmp_path, {"schema_version": 7})
     assert headline(tmp_path) is None
+
+
+def test_per_video_rows_put_the_worst_sta_first_and_undefined_last() -> None:
+    from dashboard.results import per_video_rows
+
+    videos = [R.VideoResult(v, m, {"cc": cc}) for v, m, cc in
+              (("a", "sta", 0.7), ("b", "sta", None), ("c", "sta", 0.2), ("a", "centre", 0.3))]
+    rows = per_video_rows(R.EvaluationResult(dataset=[], videos=videos))
+    assert [r["video"] for r in rows] == ["c", "a", "b"]
+    assert rows[1]["values"] == {"sta": {"cc": 0.7}, "centre": {"cc": 0.3}}
