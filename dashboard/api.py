@@ -21,7 +21,8 @@ from .params import int_arg, json_object
 from .paths import inside
 from .results import evaluation
 from .submission import validate
-from .views import artefact_json, pipeline_json, stage_json
+from .views import artefact_json, pipeline_json, stage_json, stage_progress
+from .workers import unserved_queues
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -62,7 +63,9 @@ def pipeline_detail(pipeline: Pipeline) -> dict[str, Any]:
     progress = queries.progress_for(session, [pipeline.id])[pipeline.id]
     body = pipeline_json(pipeline, progress, settings())
     body["config"] = pipeline.config
-    body["stages"] = [stage_json(s) for s in queries.stages_of(session, pipeline.id)]
+    stages = queries.stages_of(session, pipeline.id)
+    body["stages"] = [stage_json(s) for s in stages]
+    body["unserved_queues"] = unserved_queues(stages)
     return body
 
 
@@ -172,7 +175,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
         duration_s=duration_s(stage.started_at, stage.finished_at) if stage.started_at else None,
         last_epoch=rows[-1].epoch if rows else since, more=more,
         epochs=[queries.metric_row(m) for m in rows],
-        progress={"done": stage.progress_done, "failed": stage.progress_failed, "total": stage.progress_total},
+        progress=stage_progress(stage),
     )
 
 

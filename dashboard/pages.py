@@ -26,6 +26,7 @@ from .paths import display_dataset_root
 from .results import evaluation
 from .submission import validate
 from .views import RERUNNABLE, artefact_json, graph_columns, is_preview, stage_json
+from .workers import unserved_queues
 
 bp = Blueprint("pages", __name__)
 PREVIEW_LIMIT = 48
@@ -77,7 +78,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
         "pipeline.html", p=p, stages=stages, columns=graph_columns(stages), progress=progress,
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
         has_evaluate=any(s.kind == "evaluate" for s in stages),
-        config_json=json.dumps(p.config, indent=2),
+        config_json=json.dumps(p.config, indent=2), unserved=unserved_queues(stages),
     )
 
 

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _pipeline_args(p, default_preset="tiny")
     p.add_argument("--dataset", required=True, type=Path, help="AVE-layout dataset folder")
     p.add_argument("--workers", type=int, default=0,
-                   help="start this many local worker processes for the run (0: use running workers)")
+                   help="start this many local worker processes for the run (0: use running workers; "
+                        "on the embedded default one is started when none is online)")
     p.add_argument("--no-follow", action="store_true", help="print the pipeline id and return")
     p.set_defaults(func=cmd_run)
 
@@ -210,6 +211,23 @@ def _submit(settings: Any, dataset: Path, preset_name: str, overrides: list[str]
         return p.id
 
 
+def _local_workers_needed(settings: Any) -> int:
+    """On the embedded default with no worker online, ``stapipe run`` starts one itself (nothing
+    else would ever consume its queues); elsewhere it uses the workers that are running."""
+    from db.session import session_scope
+    from worker.registry import queues_served
+
+    if not settings.broker_is_embedded:
+        return 0
+    with session_scope(settings.db_url) as session:
+        served = queues_served(session)
+    if {"cpu", "gpu"} <= served:
+        return 0
+    print("no worker is online on the embedded default: starting one for this run "
+          "(`stapipe up` keeps workers running between runs)", flush=True)
+    return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.embedded import local_stack
     from worker.follow import follow
@@ -224,9 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     if args.no_follow:
         return 0
-    with local_stack(settings, workers=args.workers, dashboard=False) as stack:
+    workers = args.workers or _local_workers_needed(settings)
+    with local_stack(settings, workers=workers, dashboard=False) as stack:
         state = follow(settings.db_url, pid, sys.stdout,
-                       alive=(lambda: not stack.dead()) if args.workers else None)
+                       alive=(lambda: not stack.dead()) if workers else None)
     return 0 if state == "succeeded" else 1
 
 

@@ -2,7 +2,7 @@
 // with "since epoch N" / "from byte offset B". New points never reset a zoom the user has set.
 "use strict";
 (() => {
-  const TERMINAL = new Set(["succeeded", "failed", "cancelled", "skipped"]);
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled", "reused"]);
   const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
   const BASE_COLS = ["train_loss", "val_loss", "val_accuracy", "lr", "seconds"];
   const TABLE_MAX = 1000;
@@ -50,7 +50,7 @@
     const att = document.getElementById("stage-attempts");
     if (att && attempts !== undefined) att.textContent = attempts;
     const prog = document.getElementById("stage-progress");
-    if (prog && progress && progress.total) prog.textContent = `${progress.done}/${progress.total}`;
+    if (prog && progress && progress.text) prog.textContent = progress.text;
   }
 
   function showFinished(status) {
