@@ -10,7 +10,7 @@ from werkzeug.exceptions import Conflict
 from sta_models.config import PRESETS
 
 from . import jobs, queries
-from .api import log_file, pipeline_or_404, settings, stage_or_404
+from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
 from .config_form import (
     BACKBONES,
     OTHER_FIELDS,
@@ -97,7 +97,8 @@ def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
 def stage(stage_id: int):  # type: ignore[no-untyped-def]
     s = stage_or_404(stage_id)
     session = db_session()
-    artefacts = queries.artefacts_of(session, s.id)
+    src = data_stage(s)
+    artefacts = queries.artefacts_of(session, src.id)
     previews = [a for a in artefacts if is_preview(a)]
     show_all = request.args.get("previews") == "all"
     return render_template(
@@ -105,7 +106,8 @@ def stage(stage_id: int):  # type: ignore[no-untyped-def]
         artefacts=[artefact_json(a, settings()) for a in artefacts],
         previews=[artefact_json(a, settings()) for a in (previews if show_all else previews[:PREVIEW_LIMIT])],
         previews_total=len(previews), show_all=show_all,
-        failed_items=queries.failed_items(session, s.id), has_log=log_file(s) is not None,
+        failed_items=queries.failed_items(session, src.id), has_log=log_file(src) is not None,
+        source=src if src is not s else None,
     )
 
 

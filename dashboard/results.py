@@ -105,7 +105,7 @@ def evaluation(session: Session, pipeline: Pipeline, settings: Settings) -> Eval
     ev = Evaluation(next((s for s in queries.stages_of(session, pipeline.id) if s.kind == "evaluate"), None))
     if ev.stage is None:
         return ev
-    for a in queries.artefacts_of(session, ev.stage.id):
+    for a in queries.artefacts_of(session, ev.stage.reused_from_id or ev.stage.id):  # reused: the source's
         if Path(a.path).name == "metrics.json" and ev.metrics is None:
             path = safe_artefact_file(a.path, settings.artefact_dir)
             if path is not None:

@@ -67,13 +67,29 @@
   }
 
   // ---- charts ----------------------------------------------------------------------------
-  function seriesKeys(el) {
-    const keys = [];
-    for (const k of el.dataset.series.split(",")) {
-      if (k === "*extra") keys.push(...state.extraKeys.map((x) => "extra." + x));
-      else keys.push(k);
-    }
-    return keys.filter((k) => state.epochs.some((e) => value(e, k) !== null));
+  // One chart per scale: losses (log scale on demand), 0-1 scores, NSS, KLD, anything else.
+  // NaN counters ("*_nan_frames") go to the epoch table only. Zoom is shared by every chart.
+  const UNIT = /^(val_accuracy|extra\.(cc|sim|auc.*|s_?auc|top\d+|acc.*))$/;
+  const GROUPS = [
+    { id: "chart-loss", title: "Loss", y: "loss", log: true, match: (k) => k === "train_loss" || k === "val_loss" },
+    { id: "chart-metrics", title: "Validation scores (0–1)", y: "score", match: (k) => UNIT.test(k) },
+    { id: "chart-nss", title: "Validation NSS", y: "NSS", match: (k) => k === "extra.nss" },
+    { id: "chart-kld", title: "Validation KLD", y: "KLD (lower is better)", match: (k) => k === "extra.kld" },
+    { id: "chart-other", title: "Other validation values", y: "value",
+      match: (k) => k.startsWith("extra.") && !isCounter(k) && !["extra.nss", "extra.kld"].includes(k) && !UNIT.test(k) },
+  ];
+  const chartBox = curves.querySelector(".charts");
+  const logToggle = document.getElementById("log-scale");
+  let syncing = false;
+
+  function isCounter(k) { return /_nan_frames$|_count$|^extra\.n_/.test(k); }
+
+  function allKeys() {
+    return ["train_loss", "val_loss", "val_accuracy", ...state.extraKeys.map((x) => "extra." + x)];
+  }
+
+  function seriesKeys(group) {
+    return allKeys().filter((k) => group.match(k) && state.epochs.some((e) => value(e, k) !== null));
   }
 
   function value(e, key) {
@@ -85,22 +101,87 @@
     return [state.epochs.map((e) => e.epoch), ...keys.map((k) => state.epochs.map((e) => value(e, k)))];
   }
 
-  function makeChart(el, keys) {
+  // The epoch best.pt was taken from: best val CC for STA, best val top-1 for the branches.
+  function bestEpoch() {
+    const key = state.extraKeys.includes("cc") ? "extra.cc" : "val_accuracy";
+    let best = null, bestV = -Infinity;
+    for (const e of state.epochs) {
+      const v = value(e, key);
+      if (v !== null && v > bestV) { bestV = v; best = e.epoch; }
+    }
+    return best === null ? null : { epoch: best, key: key.replace("extra.", ""), value: bestV };
+  }
+
+  function bestPlugin() {
+    return { hooks: { draw: [(u) => {
+      const best = bestEpoch();
+      if (!best) return;
+      const x = Math.round(u.valToPos(best.epoch, "x", true));
+      if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
+      const ctx = u.ctx;
+      ctx.save();
+      ctx.strokeStyle = "#059669"; ctx.setLineDash([4, 4]); ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+      ctx.setLineDash([]); ctx.fillStyle = "#059669"; ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+      ctx.fillText(`best ${best.epoch}`, x + 4, u.bbox.top + 12 * devicePixelRatio);
+      ctx.restore();
+    }] } };
+  }
+
+  // Integer epochs only on the x axis (no 2.5); at most ~10 ticks.
+  const EPOCH_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
+  function epochTicks(u, vals) { return vals.map((v) => (Number.isInteger(v) ? String(v) : "")); }
+  function yTicks(u, vals) { return vals.map((v) => (v === null ? "" : fmtTick(v))); }
+  function fmtTick(v) {
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1000 || a < 0.001) return v.toExponential(0);
+    return String(Number(v.toPrecision(3)));
+  }
+
+  function syncZoom(u) {
+    if (syncing) return;
+    syncing = true;
+    for (const other of Object.values(charts)) {
+      if (other !== u && other.scales.x.min !== u.scales.x.min) {
+        other.setScale("x", { min: u.scales.x.min, max: u.scales.x.max });
+      }
+    }
+    syncing = false;
+  }
+
+  function chartEl(group) {
+    let el = document.getElementById(group.id);
+    if (!el) {
+      el = document.createElement("div");
+      el.className = "chart";
+      el.id = group.id;
+      chartBox.append(el);
+    }
+    return el;
+  }
+
+  function makeChart(el, group, keys) {
     el.innerHTML = "";
+    const log = group.log && logToggle && logToggle.checked;
     const opts = {
-      title: el.dataset.title,
+      title: group.title + (log ? " (log scale)" : ""),
       width: Math.max(280, el.clientWidth || 480),
-      height: 260,
-      scales: { x: { time: false } },
-      cursor: { drag: { x: true, y: false, setScale: true } },
-      axes: [{ label: "epoch" }, {}],
+      height: 240,
+      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+      cursor: { drag: { x: true, y: false, setScale: true }, sync: { key: "stage-" + curves.dataset.metricsUrl } },
+      axes: [{ label: "epoch", incrs: EPOCH_INCRS, values: epochTicks },
+             { label: group.y, values: yTicks, size: 56 }],
       series: [{ label: "epoch" }, ...keys.map((k, i) => ({
         label: k.replace("extra.", ""), stroke: COLORS[i % COLORS.length], width: 2,
         points: { show: state.epochs.length < 60 }, spanGaps: true,
+        value: (u, v) => (v === null || v === undefined ? "–" : fmt(v)),
       }))],
+      plugins: [bestPlugin()],
+      hooks: { setScale: [(u, key) => { if (key === "x") syncZoom(u); }] },
     };
     const chart = new uPlot(opts, chartData(keys), el);
-    chart._keys = keys.join(",");
+    chart._keys = keys.join(",") + (log ? "|log" : "");
     return chart;
   }
 
@@ -111,27 +192,37 @@
   }
 
   function renderCharts() {
-    for (const el of curves.querySelectorAll(".chart")) {
-      const keys = seriesKeys(el);
+    for (const group of GROUPS) {
+      const keys = seriesKeys(group);
       if (!keys.length) continue;
+      const el = chartEl(group);
+      const sig = keys.join(",") + (group.log && logToggle && logToggle.checked ? "|log" : "");
       let chart = charts[el.id];
-      if (!chart || chart._keys !== keys.join(",")) {
+      if (!chart || chart._keys !== sig) {
+        const zoom = chart && isZoomed(chart) ? { min: chart.scales.x.min, max: chart.scales.x.max } : null;
         if (chart) chart.destroy();
-        charts[el.id] = makeChart(el, keys);
+        chart = charts[el.id] = makeChart(el, group, keys);
+        if (zoom) chart.setScale("x", zoom);
         continue;
       }
       // Zoomed in: keep the user's x/y ranges (resetScales=false). Otherwise rescale to fit.
       chart.setData(chartData(keys), !isZoomed(chart));
     }
     curves.dataset.points = String(state.epochs.length);
+    const best = bestEpoch();
+    curves.dataset.bestEpoch = best ? String(best.epoch) : "";
+    const bestNote = document.getElementById("best-epoch");
+    if (bestNote) bestNote.textContent = best ? `best epoch ${best.epoch} (val ${best.key} ${fmt(best.value)})` : "";
     document.getElementById("no-epochs").hidden = state.epochs.length > 0;
     document.getElementById("epoch-count").textContent = state.epochs.length ? `(${state.epochs.length} epochs)` : "";
   }
 
+  if (logToggle) logToggle.addEventListener("change", renderCharts);
+
   window.addEventListener("resize", () => {
     for (const [id, chart] of Object.entries(charts)) {
       const el = document.getElementById(id);
-      chart.setSize({ width: Math.max(280, el.clientWidth), height: 260 });
+      chart.setSize({ width: Math.max(280, el.clientWidth), height: 240 });
     }
   });
 
@@ -156,6 +247,7 @@
     const frag = document.createDocumentFragment();
     for (const e of newRows.slice(-TABLE_MAX)) {
       const tr = document.createElement("tr");
+      tr.dataset.epoch = e.epoch;
       for (const c of cols) {
         const td = document.createElement("td");
         td.className = "num";
@@ -181,6 +273,10 @@
     state.since = rows[rows.length - 1].epoch;
     renderTable(rows, first || newKeys);
     renderCharts();
+    const best = bestEpoch();
+    for (const tr of document.querySelectorAll("#epoch-table tbody tr")) {
+      tr.classList.toggle("best", best !== null && tr.dataset.epoch === String(best.epoch));
+    }
   }
 
   const metricsUrl = () => `${curves.dataset.metricsUrl}?since=${state.since}&limit=5000`;
