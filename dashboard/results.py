@@ -114,3 +114,45 @@ def evaluation(session: Session, pipeline: Pipeline, settings: Settings) -> Eval
         elif is_video(a):
             ev.videos.append(artefact_json(a, settings))
     return ev
+
+
+# --- headline numbers (TEMPORARY adapter by the "dash" engineer; the "results" engineer's
+# evaluation_result module replaces the parsing below at merge, same name and signature) ---------
+
+HEADLINE_METRICS = ("cc", "nss", "sim", "kld", "auc_j", "sauc")
+
+
+def _finite_values(values: Any) -> dict[str, float] | None:
+    import math
+
+    if not isinstance(values, dict):
+        return None
+    out = {k: float(v) for k, v in values.items() if _numeric(v) and math.isfinite(float(v))}
+    return out or None
+
+
+def headline(source: Stage | Path | str | None) -> dict[str, float] | None:
+    """STA's dataset-level metric values of one pipeline (``{"cc": 0.81, "nss": 2.4, ...}``), or None
+    before it has any. ``source`` is the evaluate stage (its stored summary, no file read — what
+    the pipelines list uses) or the pipeline's artefact folder / a metrics.json path."""
+    if source is None:
+        return None
+    if isinstance(source, Stage):
+        if source.status not in ("succeeded", "reused"):
+            return None
+        return _finite_values(((source.summary or {}).get("metrics") or {}).get("sta"))
+    path = Path(source)
+    for candidate in (path / "evaluate" / "metrics.json", path / "metrics.json", path):
+        if candidate.is_file():
+            path = candidate
+            break
+    else:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data.get("dataset"), list):  # the versioned schema (sta_models.evaluation_result)
+        row = next((r for r in data["dataset"] if isinstance(r, dict) and r.get("method") == "sta"), {})
+        return _finite_values(row.get("values"))
+    return _finite_values(((data.get("reports") or {}).get("sta") or {}).get("dataset"))
