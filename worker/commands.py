@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--concurrency", type=int, default=2, help="tasks per worker process")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--exit", action="store_true",
+                   help="stop everything when the pipeline ends (default: the dashboard keeps running until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -163,9 +165,9 @@ def _stop_on_sigterm() -> None:
 
 
 def _announce(settings: Any) -> None:
-    from worker.embedded import login_hint, wait_for_port
+    from worker.embedded import dashboard_url, login_hint, wait_for_port
 
-    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    url = dashboard_url(settings) + "/"
     ok = wait_for_port(settings.dashboard_host, settings.dashboard_port, timeout=60)
     print(f"dashboard: {url}" + ("" if ok else " (not answering yet)"), flush=True)
     print(login_hint(settings), flush=True)
@@ -268,5 +270,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.no_dashboard:
             _announce(settings)
         state = follow(settings.db_url, pid, sys.stdout, alive=lambda: not stack.dead())
-    print(evaluation_table(settings.db_url, pid))
+        print(evaluation_table(settings.db_url, pid), flush=True)
+        if not args.no_dashboard and not args.exit and not stack.dead():
+            _keep_serving(settings, pid, stack)
     return 0 if state == "succeeded" else 1
+
+
+def _keep_serving(settings: Any, pipeline_id: int, stack: Any) -> None:
+    """After the demo: leave the dashboard (and the workers, for re-runs) up until Ctrl-C."""
+    from worker.embedded import dashboard_url
+
+    print(f"\nThe dashboard keeps running: {dashboard_url(settings)}/pipelines/{pipeline_id} "
+          "(workers too, so you can re-run stages or submit more pipelines from it).\n"
+          "Press Ctrl-C to stop everything; `stapipe up` brings it back later.", flush=True)
+    try:
+        while not stack.dead():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping the dashboard and the workers ...", flush=True)
