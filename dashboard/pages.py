@@ -29,6 +29,7 @@ from .config_form import (
 from .database import db_session
 from .params import int_arg
 from .paths import display_dataset_root
+from .previews import artefact_groups, group_previews
 from .results import evaluation, headline
 from .submission import validate
 from .views import RERUNNABLE, artefact_json, graph_columns, is_preview, stage_json
@@ -159,13 +160,16 @@ def stage(stage_id: int):  # type: ignore[no-untyped-def]
     session = db_session()
     src = data_stage(s)
     artefacts = queries.artefacts_of(session, src.id)
-    previews = [a for a in artefacts if is_preview(a)]
+    previews = [artefact_json(a, settings()) for a in artefacts if is_preview(a)]
     show_all = request.args.get("previews") == "all"
+    videos, other = group_previews(previews, s.kind)
+    listed = [artefact_json(a, settings()) for a in artefacts]
     return render_template(
         "stage.html", s=s, p=s.pipeline, info=stage_json(s), rerunnable=s.status in RERUNNABLE,
-        artefacts=[artefact_json(a, settings()) for a in artefacts],
-        previews=[artefact_json(a, settings()) for a in (previews if show_all else previews[:PREVIEW_LIMIT])],
-        previews_total=len(previews), show_all=show_all,
+        artefacts=listed, artefact_groups=artefact_groups(listed),
+        preview_videos=[v.as_json() for v in videos],
+        previews=other if show_all else other[:PREVIEW_LIMIT],
+        previews_total=len(other), show_all=show_all,
         failed_items=queries.failed_items(session, src.id), has_log=log_file(src) is not None,
         source=src if src is not s else None,
     )
