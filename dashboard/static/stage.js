@@ -109,7 +109,7 @@
       const v = value(e, key);
       if (v !== null && v > bestV) { bestV = v; best = e.epoch; }
     }
-    return best === null ? null : { epoch: best, key: key.replace("extra.", ""), value: bestV };
+    return best === null ? null : { epoch: best, key: key === "val_accuracy" ? "accuracy" : key.slice(6).toUpperCase(), value: bestV };
   }
 
   function bestPlugin() {
@@ -123,7 +123,11 @@
       ctx.strokeStyle = "#059669"; ctx.setLineDash([4, 4]); ctx.lineWidth = 1.5;
       ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
       ctx.setLineDash([]); ctx.fillStyle = "#059669"; ctx.font = `${11 * devicePixelRatio}px sans-serif`;
-      ctx.fillText(`best ${best.epoch}`, x + 4, u.bbox.top + 12 * devicePixelRatio);
+      ctx.textBaseline = "top";
+      const label = `best ${best.epoch}`;
+      const right = x + 4 + ctx.measureText(label).width <= u.bbox.left + u.bbox.width;
+      ctx.textAlign = right ? "left" : "right";
+      ctx.fillText(label, right ? x + 4 : x - 4, u.bbox.top + 2 * devicePixelRatio);
       ctx.restore();
     }] } };
   }
