@@ -83,7 +83,9 @@ def epoch_line(epoch: int, epochs: int, m: EpochMetrics, seconds: float) -> str:
         parts.append(f"val loss {m.val_loss:.4f}")
     if m.val_accuracy is not None:
         parts.append(f"val acc {m.val_accuracy:.3f}")
-    parts += [f"{k} {v:.3f}" for k, v in m.extra.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    for k, v in m.extra.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            parts.append(f"{k} {int(v)}" if k.endswith(("_frames", "_count")) and float(v).is_integer() else f"{k} {v:.3f}")
     return ", ".join(parts) + f" ({seconds:.1f} s)"
 
 

@@ -47,7 +47,7 @@
     el.innerHTML = "";
     chart = new uPlot({
       title: `${kind}: ${key.replace("extra.", "val ")}` + (log ? " (log scale)" : ""),
-      width: Math.max(320, el.clientWidth || 800), height: 320,
+      width: Math.max(320, el.parentElement.clientWidth - 20), height: 320,
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500],
                values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? String(v) : "")) },

@@ -135,12 +135,27 @@
   // Integer epochs only on the x axis (no 2.5); at most ~10 ticks.
   const EPOCH_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
   function epochTicks(u, vals) { return vals.map((v) => (Number.isInteger(v) ? String(v) : "")); }
-  function yTicks(u, vals) { return vals.map((v) => (v === null ? "" : fmtTick(v))); }
-  function fmtTick(v) {
+  // As many decimals as the tick spacing needs (1.8246/1.8248 must not both read "1.82").
+  function yTicks(u, vals) {
+    const finite = vals.filter((v) => v !== null && Number.isFinite(v));
+    const step = finite.length > 1 ? Math.abs(finite[1] - finite[0]) : Math.abs(finite[0] || 1);
+    const decimals = Math.min(8, Math.max(0, -Math.floor(Math.log10(step || 1))));
+    return vals.map((v) => (v === null ? "" : fmtTick(v, decimals)));
+  }
+  function fmtTick(v, decimals) {
     if (v === 0) return "0";
     const a = Math.abs(v);
-    if (a >= 1000 || a < 0.001) return v.toExponential(0);
-    return String(Number(v.toPrecision(3)));
+    if (a >= 1e5 || (a < 1e-4 && decimals > 6)) return v.toExponential(1);
+    return v.toFixed(decimals);
+  }
+
+  // Each chart as wide as its grid cell (a chart made while its cell was hidden is not).
+  function fitCharts() {
+    for (const [id, chart] of Object.entries(charts)) {
+      const el = document.getElementById(id);
+      const width = Math.max(280, el.clientWidth - 16);
+      if (Math.abs(chart.width - width) > 2) chart.setSize({ width, height: 240 });
+    }
   }
 
   function syncZoom(u) {
@@ -212,6 +227,7 @@
       // Zoomed in: keep the user's x/y ranges (resetScales=false). Otherwise rescale to fit.
       chart.setData(chartData(keys), !isZoomed(chart));
     }
+    requestAnimationFrame(fitCharts);
     curves.dataset.points = String(state.epochs.length);
     const best = bestEpoch();
     curves.dataset.bestEpoch = best ? String(best.epoch) : "";
@@ -223,12 +239,7 @@
 
   if (logToggle) logToggle.addEventListener("change", renderCharts);
 
-  window.addEventListener("resize", () => {
-    for (const [id, chart] of Object.entries(charts)) {
-      const el = document.getElementById(id);
-      chart.setSize({ width: Math.max(280, el.clientWidth), height: 240 });
-    }
-  });
+  window.addEventListener("resize", fitCharts);
 
   // ---- epoch table -----------------------------------------------------------------------
   function fmt(v) {
