@@ -149,6 +149,12 @@
     return v.toFixed(decimals);
   }
 
+  // Room for the longest tick label plus the axis title (long labels overlapped the title).
+  function yAxisSize(u, values) {
+    const longest = values ? Math.max(0, ...values.map((v) => String(v).length)) : 4;
+    return Math.max(48, longest * 7 + 30);
+  }
+
   // Each chart as wide as its grid cell (a chart made while its cell was hidden is not).
   function fitCharts() {
     for (const [id, chart] of Object.entries(charts)) {
@@ -190,7 +196,7 @@
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       cursor: { drag: { x: true, y: false, setScale: true }, sync: { key: "stage-" + curves.dataset.metricsUrl } },
       axes: [{ label: "epoch", incrs: EPOCH_INCRS, values: epochTicks },
-             { label: group.y, values: yTicks, size: 56 }],
+             { label: group.y, values: yTicks, size: yAxisSize }],
       series: [{ label: "epoch" }, ...keys.map((k, i) => ({
         label: k.replace("extra.", ""), stroke: COLORS[i % COLORS.length], width: 2,
         points: { show: state.epochs.length < 60 }, spanGaps: true,
