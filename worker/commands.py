@@ -280,10 +280,10 @@ def _keep_serving(settings: Any, pipeline_id: int, stack: Any) -> None:
     """After the demo: leave the dashboard (and the workers, for re-runs) up until Ctrl-C."""
     from worker.embedded import dashboard_url
 
-    print(f"\nThe dashboard keeps running: {dashboard_url(settings)}/pipelines/{pipeline_id} "
-          "(workers too, so you can re-run stages or submit more pipelines from it).\n"
-          "Press Ctrl-C to stop everything; `stapipe up` brings it back later.", flush=True)
     try:
+        print(f"\nThe dashboard keeps running: {dashboard_url(settings)}/pipelines/{pipeline_id} "
+              "(workers too, so you can re-run stages or submit more pipelines from it).\n"
+              "Press Ctrl-C to stop everything; `stapipe up` brings it back later.", flush=True)
         while not stack.dead():
             time.sleep(1)
     except KeyboardInterrupt:
