@@ -21,7 +21,8 @@ from .params import int_arg, json_object
 from .paths import inside
 from .results import evaluation, evaluation_json, result_tables
 from .submission import validate
-from .views import artefact_json, pipeline_json, stage_json
+from .views import artefact_json, pipeline_json, stage_json, stage_progress
+from .workers import unserved_queues
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -45,6 +46,14 @@ def stage_or_404(stage_id: int) -> Stage:
     return stage
 
 
+def data_stage(stage: Stage) -> Stage:
+    """The stage whose outputs ``stage`` shows: the one it reuses, or itself. Curves, log,
+    previews and artefacts of a reused stage are those of the run that produced them."""
+    if stage.reused_from_id is None:
+        return stage
+    return queries.get_stage(db_session(), stage.reused_from_id) or stage
+
+
 def log_file(stage: Stage) -> Path | None:
     """The stage's log if it lies under the log or artefact root (the DB is not trusted with paths)."""
     if not stage.log_path:
@@ -62,7 +71,9 @@ def pipeline_detail(pipeline: Pipeline) -> dict[str, Any]:
     progress = queries.progress_for(session, [pipeline.id])[pipeline.id]
     body = pipeline_json(pipeline, progress, settings())
     body["config"] = pipeline.config
-    body["stages"] = [stage_json(s) for s in queries.stages_of(session, pipeline.id)]
+    stages = queries.stages_of(session, pipeline.id)
+    body["stages"] = [stage_json(s) for s in stages]
+    body["unserved_queues"] = unserved_queues(stages)
     return body
 
 
@@ -163,7 +174,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
     since = int_arg("since", 0, lo=0)
     limit = int_arg("limit", 1000, lo=1, hi=queries.METRIC_PAGE_MAX)
     stage = stage_or_404(stage_id)
-    rows = queries.metrics_since(db_session(), stage.id, since, limit + 1)
+    rows = queries.metrics_since(db_session(), data_stage(stage).id, since, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return jsonify(
@@ -172,7 +183,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
         duration_s=duration_s(stage.started_at, stage.finished_at) if stage.started_at else None,
         last_epoch=rows[-1].epoch if rows else since, more=more,
         epochs=[queries.metric_row(m) for m in rows],
-        progress={"done": stage.progress_done, "failed": stage.progress_failed, "total": stage.progress_total},
+        progress=stage_progress(stage),
     )
 
 
@@ -181,7 +192,7 @@ def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
     lines = int_arg("lines", 200, lo=0, hi=5000)
     offset = int_arg("offset", -1, lo=0)
     stage = stage_or_404(stage_id)
-    path = log_file(stage)
+    path = log_file(data_stage(stage))
     chunk = read_from(path, offset) if offset >= 0 else tail_lines(path, lines)
     return jsonify(stage_id=stage.id, status=stage.status, exists=chunk.exists, text=chunk.text,
                    offset=chunk.offset, next_offset=chunk.next_offset, size=chunk.size)
@@ -190,5 +201,5 @@ def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/stages/<int:stage_id>/artefacts")
 def stage_artefacts(stage_id: int):  # type: ignore[no-untyped-def]
     stage = stage_or_404(stage_id)
-    items = [artefact_json(a, settings()) for a in queries.artefacts_of(db_session(), stage.id)]
+    items = [artefact_json(a, settings()) for a in queries.artefacts_of(db_session(), data_stage(stage).id)]
     return jsonify(stage_id=stage.id, items=items, total_size=sum(a["size"] for a in items))

@@ -12,7 +12,7 @@ from worker.settings import get_settings
 
 
 def register(sub: Any) -> None:
-    settings_help = "(default: STAPIPE_API_URL / STAPIPE_DASHBOARD_PASSWORD or the stored token)"
+    settings_help = "(default: STAPIPE_API_URL, else the address `stapipe up` wrote to $STAPIPE_HOME/dashboard_url)"
 
     p = sub.add_parser("dashboard", help="serve the dashboard (development server; use gunicorn in production)")
     p.add_argument("--host", default=None, help="address (default: STAPIPE_DASHBOARD_HOST)")
@@ -21,7 +21,8 @@ def register(sub: Any) -> None:
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=None, help=f"dashboard URL {settings_help}")
-        p.add_argument("--token", default=None, help="API token")
+        p.add_argument("--token", default=None,
+                       help="API token (default: STAPIPE_DASHBOARD_PASSWORD, else $STAPIPE_HOME/dashboard_token)")
 
     p = sub.add_parser("submit", help="submit a pipeline through the dashboard API")
     p.add_argument("--dataset", required=True, help="dataset folder inside the data root")
@@ -56,27 +57,42 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = create_app(settings)
     host = args.host or settings.dashboard_host
     port = args.port or settings.dashboard_port
-    print(f"stapipe dashboard on http://{host}:{port}/ (development server)", flush=True)
-    app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
+    from worker.embedded import clear_url, write_url
+
+    url = f"http://{host}:{port}"
+    print(f"stapipe dashboard on {url}/ (development server)", flush=True)
+    write_url(settings, url)
+    try:
+        app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
+    finally:
+        clear_url(settings, url)
     return 0
+
+
+def _endpoint(args: argparse.Namespace) -> Any:
+    from .endpoint import resolve
+
+    return resolve(get_settings(), args.url, args.token)
 
 
 def _client(args: argparse.Namespace) -> Any:
     from .client import ApiClient
-    from .secrets import dashboard_token
 
-    settings = get_settings()
-    token = args.token or dashboard_token(settings, create=False)[0]
-    return ApiClient(args.url or settings.api_url, token)
+    endpoint = _endpoint(args)
+    return ApiClient(endpoint.url, endpoint.token)
 
 
-def _run(fn: Any) -> int:
+def _run(fn: Any, args: argparse.Namespace | None = None) -> int:
     from .client import ApiError
+    from .endpoint import explain
 
     try:
         return fn()
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        hint = explain(_endpoint(args), exc.status) if args is not None else None
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
 
 
@@ -114,10 +130,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         reused = p["progress"]["stages_reused"]
         print(f"submitted pipeline {p['id']} ({p['name']}, preset {p['preset']})"
               + (f"; {reused} stage(s) reused from an earlier run" if reused else ""))
-        print(f"{(args.url or get_settings().api_url).rstrip('/')}{p['url']}")
+        print(f"{_endpoint(args).url}{p['url']}")
         return 0
 
-    return _run(go)
+    return _run(go, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -140,7 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{s['id']:>7}  {s['kind']:<16} {s['status']:<10} {s['attempts']:>3}  {dur:>9}  {note}")
         return 0 if p["status"] != "failed" else 3
 
-    return _run(go)
+    return _run(go, args)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
@@ -154,6 +170,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             return 1
         print("these stages will run again: " + ", ".join(s["kind"] for s in plan["stages"]))
         if not args.yes:
+            if not sys.stdin.isatty():
+                print("error: not a terminal, so nobody can confirm; add --yes to re-run these stages",
+                      file=sys.stderr)
+                return 2
             answer = input("re-run? [y/N] ").strip().lower()
             if answer not in ("y", "yes"):
                 print("not re-run")
@@ -162,7 +182,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(f"re-running {len(result['stages'])} stage(s)")
         return 0
 
-    return _run(go)
+    return _run(go, args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -171,4 +191,4 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"pipeline {p['id']} is {p['status']}; unfinished stages cancelled")
         return 0
 
-    return _run(go)
+    return _run(go, args)

@@ -61,3 +61,6 @@ def init_app(app: Flask) -> None:
         duration=human_duration, size=human_size, time=short_time, iso=iso
     )
     app.jinja_env.globals["duration_s"] = duration_s
+    from .views import stage_progress
+
+    app.jinja_env.globals["progress_of"] = stage_progress

@@ -73,7 +73,7 @@ def rerun_plan(session: Session, stage: Stage) -> list[Stage]:
     stages reused from an earlier run stay reused, so they are not listed."""
     with _conflicts(session):
         plan = list(_orchestration().rerun_plan(session, stage.id))
-    return [s for s in plan if s.status != "skipped"]
+    return [s for s in plan if s.status != "reused"]
 
 
 def rerun(session: Session, stage: Stage) -> list[Stage]:

@@ -3,65 +3,127 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from werkzeug.exceptions import Conflict
+from pydantic import ValidationError
+from werkzeug.exceptions import Conflict, NotFound
 
-from sta_models.config import PRESETS
+from db.models import Pipeline
+from sta_models.config import PRESETS, PipelineConfig
 from sta_models.evaluation_result import METRIC_LABELS
 
 from . import jobs, queries
-from .api import log_file, pipeline_or_404, settings, stage_or_404
+from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
+from .compare import flat_config
 from .config_form import (
     BACKBONES,
     OTHER_FIELDS,
     TRAIN_FIELDS,
     TRAIN_GROUPS,
     ConfigErrors,
+    flatten,
     form_field_names,
     presets_for_form,
 )
 from .database import db_session
 from .params import int_arg
 from .paths import display_dataset_root
-from .results import ablation_view, dataset_view, evaluation, per_video_rows
+from .previews import artefact_groups, group_previews
+from .results import ablation_view, dataset_view, evaluation, headline, per_video_rows
 from .submission import validate
 from .views import RERUNNABLE, artefact_json, graph_columns, is_preview, stage_json
+from .workers import unserved_queues
 
 bp = Blueprint("pages", __name__)
 PREVIEW_LIMIT = 48
 
 
+def pipeline_warnings(session, pipeline_ids: list[int]) -> dict[int, list[str]]:  # type: ignore[no-untyped-def]
+    """HOOK for the health warnings the "train" engineer stores on stages: pipeline id → one-line
+    warnings, shown in the list's "Warnings" column. Empty until that storage is merged."""
+    return {}
+
+
 @bp.get("/")
 def pipelines():  # type: ignore[no-untyped-def]
     page = int_arg("page", 1, lo=1, hi=1_000_000)
-    result = queries.list_pipelines(db_session(), page, 20)
+    session = db_session()
+    result = queries.list_pipelines(session, page, 20)
+    evaluate = queries.stages_of_kind(session, [p.id for p, _ in result.items], "evaluate")
     return render_template("pipelines.html", result=result, data_dir=settings().data_dir,
-                           display_root=display_dataset_root)
+                           display_root=display_dataset_root,
+                           headlines={pid: headline(s) for pid, s in evaluate.items()},
+                           warnings=pipeline_warnings(session, [p.id for p, _ in result.items]))
 
 
-def _form_page(values: dict[str, str], errors: dict[str, str], status: int = 200):  # type: ignore[no-untyped-def]
+def _form_page(values: dict[str, str], errors: dict[str, str], status: int = 200,  # type: ignore[no-untyped-def]
+               source: Pipeline | None = None):
     return render_template(
-        "new_pipeline.html", values=values, errors=errors, presets=PRESETS,
+        "new_pipeline.html", values=values, errors=errors, presets=PRESETS, source=source,
+        datasets=dataset_folders(settings().data_dir),
         presets_data=presets_for_form(), groups=TRAIN_GROUPS, fields=TRAIN_FIELDS,
         other_fields=OTHER_FIELDS, backbones=BACKBONES,
     ), status
 
 
+def dataset_folders(data_dir: Path, limit: int = 200) -> list[str]:
+    """Folders inside the data root, for the form's dataset picker (AVE-layout ones first)."""
+    try:
+        found = [d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return []
+    found.sort(key=lambda d: (not (d / "Annotations.txt").is_file(), d.name))
+    return [d.name for d in found[:limit]]
+
+
+def clone_source(raw: str | None) -> Pipeline | None:
+    """The pipeline a "New pipeline from this one" form starts from (``?from=ID``); 404 if unknown."""
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise NotFound(f"no pipeline {raw[:20]!r}")
+    return pipeline_or_404(int(raw))
+
+
+def clone_values(p: Pipeline) -> dict[str, Any]:
+    """The form filled from ``p``: its name + " (copy)", dataset folder, preset and every setting."""
+    values: dict[str, Any] = {"name": f"{p.name} (copy)"[:200],
+                              "dataset_root": display_dataset_root(p.dataset_root, settings().data_dir),
+                              "preset": (p.config or {}).get("preset", "tiny")}
+    try:
+        values.update(flatten(PipelineConfig.model_validate(p.config)))
+    except ValidationError:
+        flash(f"Pipeline {p.id}'s stored configuration no longer validates; the form shows its preset.", "error")
+    return values
+
+
+def hidden_settings(p: Pipeline) -> dict[str, Any]:
+    """The source's settings that have no form field (kept as they were by a clone)."""
+    shown = set(form_field_names()) | {"preset"}
+    return {k: v for k, v in flat_config(p.config or {}).items() if k not in shown}
+
+
 @bp.route("/pipelines/new", methods=["GET", "POST"])
 def new_pipeline():  # type: ignore[no-untyped-def]
+    source = clone_source(request.values.get("from"))
     if request.method == "GET":
         values = {"name": "", "dataset_root": request.args.get("dataset_root", ""), "preset": "tiny",
                   **presets_for_form()["tiny"]}
-        return _form_page({k: str(v) for k, v in values.items()}, {})
+        if source is not None:
+            values.update(clone_values(source))
+        return _form_page({k: str(v) for k, v in values.items()}, {}, source=source)
     form = request.form
     values = {k: form.get(k, "") for k in ("name", "dataset_root", "preset", *form_field_names())}
-    overrides = {k: form[k] for k in form_field_names() if k in form}
+    # a clone keeps the source's settings that the form does not show; the form's values win
+    overrides = {**(hidden_settings(source) if source is not None else {}),
+                 **{k: form[k] for k in form_field_names() if k in form}}
     try:
         sub = validate(settings(), name=form.get("name"), dataset_root=form.get("dataset_root"),
                        preset=form.get("preset"), overrides=overrides)
     except ConfigErrors as exc:
-        return _form_page(values, exc.fields, 422)
+        return _form_page(values, exc.fields, 422, source=source)
     pipeline = jobs.submit(db_session(), settings(), name=sub.name, dataset_root=sub.dataset_root, config=sub.config,
                            submitted_by="web")
     flash(f"Pipeline {pipeline.id} submitted.")
@@ -78,7 +140,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
         "pipeline.html", p=p, stages=stages, columns=graph_columns(stages), progress=progress,
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
         has_evaluate=any(s.kind == "evaluate" for s in stages),
-        config_json=json.dumps(p.config, indent=2),
+        config_json=json.dumps(p.config, indent=2), unserved=unserved_queues(stages),
     )
 
 
@@ -97,15 +159,20 @@ def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
 def stage(stage_id: int):  # type: ignore[no-untyped-def]
     s = stage_or_404(stage_id)
     session = db_session()
-    artefacts = queries.artefacts_of(session, s.id)
-    previews = [a for a in artefacts if is_preview(a)]
+    src = data_stage(s)
+    artefacts = queries.artefacts_of(session, src.id)
+    previews = [artefact_json(a, settings()) for a in artefacts if is_preview(a)]
     show_all = request.args.get("previews") == "all"
+    videos, other = group_previews(previews, s.kind)
+    listed = [artefact_json(a, settings()) for a in artefacts]
     return render_template(
         "stage.html", s=s, p=s.pipeline, info=stage_json(s), rerunnable=s.status in RERUNNABLE,
-        artefacts=[artefact_json(a, settings()) for a in artefacts],
-        previews=[artefact_json(a, settings()) for a in (previews if show_all else previews[:PREVIEW_LIMIT])],
-        previews_total=len(previews), show_all=show_all,
-        failed_items=queries.failed_items(session, s.id), has_log=log_file(s) is not None,
+        artefacts=listed, artefact_groups=artefact_groups(listed),
+        preview_videos=[v.as_json() for v in videos],
+        previews=other if show_all else other[:PREVIEW_LIMIT],
+        previews_total=len(other), show_all=show_all,
+        failed_items=queries.failed_items(session, src.id), has_log=log_file(src) is not None,
+        source=src if src is not s else None,
     )
 
 

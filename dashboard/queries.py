@@ -86,6 +86,14 @@ def list_pipelines(session: Session, page: int, per_page: int) -> PipelinePage:
     return PipelinePage([(p, progress[p.id]) for p in pipelines], page, per_page, total)
 
 
+def stages_of_kind(session: Session, pipeline_ids: list[int], kind: str) -> dict[int, Stage]:
+    """One stage kind of several pipelines in one query (e.g. each listed pipeline's evaluate)."""
+    if not pipeline_ids:
+        return {}
+    rows = session.scalars(select(Stage).where(Stage.pipeline_id.in_(pipeline_ids), Stage.kind == kind))
+    return {s.pipeline_id: s for s in rows}
+
+
 def get_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
     return session.get(Pipeline, pipeline_id)
 

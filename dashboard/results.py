@@ -8,6 +8,7 @@ images and overlay videos are served as the stage's artefacts, by id.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def evaluation(session: Session, pipeline: Pipeline, settings: Settings) -> Eval
         return ev
     by_rel: dict[str, Artefact] = {}
     out_dir = Path(ev.stage.output_dir or "")
-    for a in queries.artefacts_of(session, ev.stage.id):
+    for a in queries.artefacts_of(session, ev.stage.reused_from_id or ev.stage.id):  # reused: the source's
         with contextlib.suppress(ValueError):  # artefacts outside the stage folder have no relative name
             by_rel[Path(a.path).relative_to(out_dir).as_posix()] = a
         if Path(a.path).name == "metrics.json" and ev.metrics is None:
@@ -102,9 +103,19 @@ def _metrics_file(where: Path | Stage) -> Path | None:
     return None
 
 
-def headline(where: Path | Stage) -> dict[str, float] | None:
-    """STA's dataset values of a pipeline (its folder, its evaluate folder or its evaluate stage),
-    or None when there is no readable result; undefined values are left out."""
+def headline(where: Path | Stage | None) -> dict[str, float] | None:
+    """STA's dataset values of a pipeline, or None when there is no readable result; undefined
+    values are left out. ``where`` is the evaluate stage (its stored summary, no file read — what
+    the pipelines list uses), the pipeline's folder, its evaluate folder or a metrics.json path."""
+    if where is None:
+        return None
+    if isinstance(where, Stage):
+        if where.status not in ("succeeded", "reused"):
+            return None
+        sta_values = ((where.summary or {}).get("metrics") or {}).get("sta")
+        if isinstance(sta_values, dict):
+            return {k: float(v) for k, v in sta_values.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     path = _metrics_file(where)
     if path is None:
         return None

@@ -12,6 +12,7 @@ from typing import Any
 from flask import url_for
 
 from db.models import Artefact, Pipeline, Stage, StageStatus
+from worker.progress import progress_text
 from worker.settings import Settings
 
 from .formatting import duration_s, iso
@@ -63,12 +64,19 @@ def stage_json(s: Stage) -> dict[str, Any]:
         "error_summary": s.error_summary,
         "reused_from_id": s.reused_from_id,
         "cancel_requested": s.cancel_requested,
-        "progress": {"done": s.progress_done, "failed": s.progress_failed, "total": s.progress_total,
-                     "what": s.progress_what},
+        "progress": stage_progress(s),
         "summary": s.summary,
         "rerunnable": s.status in RERUNNABLE,
         "url": url_for("pages.stage", stage_id=s.id),
     }
+
+
+def stage_progress(s: Stage) -> dict[str, Any]:
+    """Counters plus ``text`` ("epoch 3/6 · batch 40/88"), the phrase every page shows."""
+    return {"done": s.progress_done, "failed": s.progress_failed, "total": s.progress_total,
+            "what": s.progress_what,
+            "text": progress_text(s.kind, (s.pipeline.config if s.pipeline else None), s.progress_done,
+                                  s.progress_total, s.progress_what, s.progress_failed)}
 
 
 def relative_artefact_path(a: Artefact, settings: Settings) -> str:

@@ -48,7 +48,8 @@ class StageStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # reused: outputs of an identical earlier stage (see ``reused_from_id``)
+    REUSED = "reused"  # outputs of an identical earlier stage (see ``reused_from_id``)
+    SKIPPED = "reused"  # the old name of REUSED (an alias; the stored word is "reused" everywhere)
 
 
 class ItemStatus(enum.StrEnum):
@@ -234,8 +235,27 @@ class Artefact(Base):
     stage: Mapped[Stage] = relationship(back_populates="artefacts")
 
 
+class Worker(Base):
+    """A worker process that is (or was recently) online; each worker writes its own row at start
+    and every ``worker.registry.HEARTBEAT_S``, and deletes it on a clean shutdown. The stage it
+    runs is not stored here: it is the running stage whose ``worker_host`` is this name."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # Celery hostname, e.g. gpu0@host
+    host: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    device: Mapped[str] = mapped_column(String(200), default="cpu")
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 __all__ = [
     "Base",
+    "Worker",
     "Pipeline",
     "Stage",
     "ExtractionItem",

@@ -75,4 +75,18 @@ class Callbacks:
             raise Cancelled("cancelled on request")
 
 
+def epoch_line(epoch: int, epochs: int, m: EpochMetrics, seconds: float) -> str:
+    """The log line of a finished epoch, rounded for people; values a stage lacks are left out
+    (a training without validation prints no "val"/"acc" instead of "None")."""
+    parts = [f"epoch {epoch}/{epochs}: train loss {m.train_loss:.4f}"]
+    if m.val_loss is not None:
+        parts.append(f"val loss {m.val_loss:.4f}")
+    if m.val_accuracy is not None:
+        parts.append(f"val acc {m.val_accuracy:.3f}")
+    for k, v in m.extra.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            parts.append(f"{k} {int(v)}" if k.endswith(("_frames", "_count")) and float(v).is_integer() else f"{k} {v:.3f}")
+    return ", ".join(parts) + f" ({seconds:.1f} s)"
+
+
 NO_CALLBACKS = Callbacks()

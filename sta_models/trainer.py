@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sta_models.callbacks import NO_CALLBACKS, Callbacks, Cancelled, EpochMetrics
+from sta_models.callbacks import NO_CALLBACKS, Callbacks, Cancelled, EpochMetrics, epoch_line
 from sta_models.config import TrainConfig
 from sta_models.jsonio import write_json_atomic
 
@@ -397,10 +397,7 @@ def fit(
                 best_path,
             )
         callbacks.on_epoch(metrics)
-        callbacks.log(
-            f"epoch {epoch}/{cfg.epochs}: train {metrics.train_loss:.4f} val {metrics.val_loss} "
-            f"acc {metrics.val_accuracy} ({seconds:.1f} s)"
-        )
+        callbacks.log(epoch_line(epoch, cfg.epochs, metrics, seconds))
 
     if not best_path.exists():  # resumed a finished run whose best.pt was removed, or epochs == 0
         ckpt = load_checkpoint(last_path)

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _pipeline_args(p, default_preset="tiny")
     p.add_argument("--dataset", required=True, type=Path, help="AVE-layout dataset folder")
     p.add_argument("--workers", type=int, default=0,
-                   help="start this many local worker processes for the run (0: use running workers)")
+                   help="start this many local worker processes for the run (0: use running workers; "
+                        "on the embedded default one is started when none is online)")
     p.add_argument("--no-follow", action="store_true", help="print the pipeline id and return")
     p.set_defaults(func=cmd_run)
 
@@ -54,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--concurrency", type=int, default=2, help="tasks per worker process")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--exit", action="store_true",
+                   help="stop everything when the pipeline ends (default: the dashboard keeps running until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -162,9 +165,9 @@ def _stop_on_sigterm() -> None:
 
 
 def _announce(settings: Any) -> None:
-    from worker.embedded import login_hint, wait_for_port
+    from worker.embedded import dashboard_url, login_hint, wait_for_port
 
-    url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+    url = dashboard_url(settings) + "/"
     ok = wait_for_port(settings.dashboard_host, settings.dashboard_port, timeout=60)
     print(f"dashboard: {url}" + ("" if ok else " (not answering yet)"), flush=True)
     print(login_hint(settings), flush=True)
@@ -210,6 +213,23 @@ def _submit(settings: Any, dataset: Path, preset_name: str, overrides: list[str]
         return p.id
 
 
+def _local_workers_needed(settings: Any) -> int:
+    """On the embedded default with no worker online, ``stapipe run`` starts one itself (nothing
+    else would ever consume its queues); elsewhere it uses the workers that are running."""
+    from db.session import session_scope
+    from worker.registry import queues_served
+
+    if not settings.broker_is_embedded:
+        return 0
+    with session_scope(settings.db_url) as session:
+        served = queues_served(session)
+    if {"cpu", "gpu"} <= served:
+        return 0
+    print("no worker is online on the embedded default: starting one for this run "
+          "(`stapipe up` keeps workers running between runs)", flush=True)
+    return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.embedded import local_stack
     from worker.follow import follow
@@ -224,9 +244,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     if args.no_follow:
         return 0
-    with local_stack(settings, workers=args.workers, dashboard=False) as stack:
+    workers = args.workers or _local_workers_needed(settings)
+    with local_stack(settings, workers=workers, dashboard=False) as stack:
         state = follow(settings.db_url, pid, sys.stdout,
-                       alive=(lambda: not stack.dead()) if args.workers else None)
+                       alive=(lambda: not stack.dead()) if workers else None)
     return 0 if state == "succeeded" else 1
 
 
@@ -249,5 +270,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.no_dashboard:
             _announce(settings)
         state = follow(settings.db_url, pid, sys.stdout, alive=lambda: not stack.dead())
-    print(evaluation_table(settings.db_url, pid))
+        print(evaluation_table(settings.db_url, pid), flush=True)
+        if not args.no_dashboard and not args.exit and not stack.dead():
+            _keep_serving(settings, pid, stack)
     return 0 if state == "succeeded" else 1
+
+
+def _keep_serving(settings: Any, pipeline_id: int, stack: Any) -> None:
+    """After the demo: leave the dashboard (and the workers, for re-runs) up until Ctrl-C."""
+    from worker.embedded import dashboard_url
+
+    try:
+        print(f"\nThe dashboard keeps running: {dashboard_url(settings)}/pipelines/{pipeline_id} "
+              "(workers too, so you can re-run stages or submit more pipelines from it).\n"
+              "Press Ctrl-C to stop everything; `stapipe up` brings it back later.", flush=True)
+        while not stack.dead():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping the dashboard and the workers ...", flush=True)

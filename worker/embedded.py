@@ -107,6 +107,33 @@ def wait_for_port(host: str, port: int, timeout: float = 60.0) -> bool:
     return False
 
 
+URL_FILE = "dashboard_url"
+
+
+def url_path(settings: Settings) -> Path:
+    """Where ``stapipe up``/``demo`` record the dashboard's address for the client commands."""
+    return settings.resolved_home() / URL_FILE
+
+
+def write_url(settings: Settings, url: str) -> Path:
+    path = url_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url.rstrip("/") + "\n", encoding="utf-8")
+    return path
+
+
+def clear_url(settings: Settings, url: str) -> None:
+    """Forget the address on shutdown, if it is still ours."""
+    path = url_path(settings)
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8").strip() == url.rstrip("/"):
+            path.unlink()
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+
+
 def login_hint(settings: Settings) -> str:
     if settings.dashboard_password:
         return "log in with STAPIPE_DASHBOARD_PASSWORD"
@@ -130,6 +157,9 @@ def local_stack(settings: Settings, *, workers: int, dashboard: bool,
             stack.start(f"worker{i + 1}", worker_argv("cpu,gpu", f"worker{i + 1}@{host}", concurrency))
         if dashboard:
             stack.start("dashboard", dashboard_argv(settings))
+            write_url(settings, dashboard_url(settings))
         yield stack
     finally:
         stack.stop()
+        if dashboard:
+            clear_url(settings, dashboard_url(settings))

@@ -164,8 +164,8 @@ def submit_pipeline(
             stage.reused_from_id = source.reused_from_id or source.id
             stage.output_dir = source.output_dir
             stage.summary = source.summary
-            stage.progress_done, stage.progress_failed, stage.progress_total = (
-                source.progress_done, source.progress_failed, source.progress_total)
+            stage.progress_done, stage.progress_failed, stage.progress_total, stage.progress_what = (
+                source.progress_done, source.progress_failed, source.progress_total, source.progress_what)
             stage.finished_at = utcnow()
             reused_kinds.add(spec.kind)
             reused_pipelines.append(source.pipeline_id)

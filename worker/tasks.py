@@ -20,6 +20,7 @@ from celery import signals
 from sqlalchemy import select
 
 import worker.maintenance  # noqa: F401  (registers the recovery signals)
+import worker.presence  # noqa: F401  (each worker keeps its row in the workers table)
 from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
 from sta_models.jsonio import finite_json

@@ -5,7 +5,7 @@
   const live = document.getElementById("live");
   if (!live) return;
   const terminal = new Set(["succeeded", "failed", "cancelled"]);
-  const signature = (p) => p.status + "|" + p.stages.map((s) => `${s.id}:${s.status}:${s.attempts}:${s.progress.done}`).join(",");
+  const signature = (p) => p.status + "|" + Object.keys(p.unserved_queues || {}).join("+") + "|" + p.stages.map((s) => `${s.id}:${s.status}:${s.attempts}:${s.progress.done}`).join(",");
   let first = null;
   window.stapipe.poll(live.dataset.pipelineUrl, (p) => {
     const sig = signature(p);

@@ -76,7 +76,7 @@ def _extract_dataset(args: argparse.Namespace) -> int:
     ids = sorted({r.video_id for r in dataset.rows})
     jobs = [(v, str(dataset.video_path(v)), str(out / f"{v}.h5"), args.size) for v in ids]
     results: list[tuple[str, str, str]] = []
-    bar = tqdm(total=len(jobs), unit="video", desc="extract", file=sys.stderr)
+    bar = tqdm(total=len(jobs), unit="video", desc="extract", file=sys.stderr, disable=not sys.stderr.isatty())
     if args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for res in pool.map(_extract_one, jobs):
@@ -101,7 +101,7 @@ def _extract_dataset(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("synth", help="write a synthetic AVE-layout dataset (SPEC §8)")
+    p = subparsers.add_parser("synth", help="write a synthetic AVE-layout dataset (docs/method.md §8)")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--videos-per-class", type=int, default=4)
@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)
 
-    p = subparsers.add_parser("extract", help="extract one video to one HDF5 file (SPEC §2)")
+    p = subparsers.add_parser("extract", help="extract one video to one HDF5 file (docs/method.md §2)")
     p.add_argument("video", metavar="VIDEO")
     p.add_argument("out", metavar="OUT.h5")
     p.add_argument("--size", type=int, default=356)

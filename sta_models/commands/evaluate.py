@@ -19,7 +19,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sta_models.evaluation import evaluate_baseline, evaluate_folder, format_table, write_reports
 
     cfg = EvaluateConfig(n_splits=args.splits, seed=args.seed, blur_sigma=args.sigma)
-    bar = tqdm(unit="frame", desc="evaluate", file=sys.stderr, disable=args.quiet)
+    bar = tqdm(unit="frame", desc="evaluate", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
 
     def progress(done: int, total: int, what: str) -> None:
         bar.total = total

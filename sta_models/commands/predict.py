@@ -19,7 +19,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    bar = tqdm(total=None, unit="video", desc="predict", file=sys.stderr)
+    bar = tqdm(total=None, unit="video", desc="predict", file=sys.stderr, disable=not sys.stderr.isatty())
 
     def progress(done: int, total: int, what: str) -> None:
         bar.total = total
@@ -48,7 +48,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="saliency maps and overlay videos with a trained STA (SPEC §6)")
+    p = subparsers.add_parser("predict", help="saliency maps and overlay videos with a trained STA (docs/method.md §6)")
     p.add_argument("--checkpoint", required=True, metavar="STA.pt", help="best.pt/last.pt of train_sta")
     p.add_argument("--videos", required=True, metavar="DIR_OR_FILE", help="an .mp4/.h5 file or a folder of them")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<id>/%%05d.png and DIR/<id>_overlay.mp4")

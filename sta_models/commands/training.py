@@ -30,7 +30,7 @@ def _callbacks() -> Any:
         if state["what"] != what:
             if state["bar"] is not None:
                 state["bar"].close()
-            state["bar"] = tqdm(total=total, desc=what, unit="batch", file=sys.stderr, leave=False)
+            state["bar"] = tqdm(total=total, desc=what, unit="batch", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
             state["what"] = what
         state["bar"].n = done
         state["bar"].refresh()
@@ -102,7 +102,7 @@ def _cams(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train-branch", help="train the S, SA or ST classifier branch (SPEC §3)")
+    p = subparsers.add_parser("train-branch", help="train the S, SA or ST classifier branch (docs/method.md §3)")
     p.add_argument("--branch", choices=("s", "sa", "st"), required=True)
     p.add_argument("--dataset", required=True, help="AVE-layout root (Annotations.txt, split files, AVE/)")
     p.add_argument("--features", required=True, help="folder of per-video (or per-row crop) HDF5 files")
@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if out/last.pt exists")
     p.set_defaults(func=_train)
 
-    c = subparsers.add_parser("cams", help="class activation maps of a trained branch (SPEC §4)")
+    c = subparsers.add_parser("cams", help="class activation maps of a trained branch (docs/method.md §4)")
     c.add_argument("--branch", choices=("s", "sa", "st"), required=True)
     c.add_argument("--checkpoint", required=True, help="best.pt or last.pt of train-branch")
     c.add_argument("--dataset", required=True)

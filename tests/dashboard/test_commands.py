@@ -65,6 +65,9 @@ def test_rerun(server: str, session: Session, settings: Settings, monkeypatch: p
                capsys: pytest.CaptureFixture[str]) -> None:
     p = make_pipeline(session, settings, statuses={"extract": "succeeded", "train_s_coarse": "failed"})
     sid = stage_of(p, "train_s_coarse").id
+    assert run(server, "rerun", str(sid)) == 2  # no terminal (pytest's stdin): nobody can confirm
+    assert "not a terminal, so nobody can confirm; add --yes" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda _prompt: "n")
     assert run(server, "rerun", str(sid)) == 1
     assert "these stages will run again: train_s_coarse, cams_coarse" in capsys.readouterr().out
@@ -76,9 +79,39 @@ def test_rerun(server: str, session: Session, settings: Settings, monkeypatch: p
 
 def test_wrong_token_and_unreachable_server(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(server, "status", token="bad") == 1
-    assert "HTTP 401: invalid API token" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "HTTP 401: invalid API token" in err and "token from --token" in err
     assert run("http://127.0.0.1:9", "status") == 1
-    assert "cannot reach the dashboard" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot reach the dashboard" in err and "dashboard URL http://127.0.0.1:9 from --url" in err
+
+
+def test_the_cli_finds_the_dashboard_where_stapipe_up_wrote_it(server: str, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.embedded import url_path, write_url
+    from worker.settings import Settings, get_settings
+
+    monkeypatch.setenv("STAPIPE_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.delenv("STAPIPE_API_URL", raising=False)
+    monkeypatch.setenv("STAPIPE_DASHBOARD_PASSWORD", TOKEN)
+    get_settings.cache_clear()
+    try:
+        assert main(["status"]) == 1  # nothing written yet: the default URL, and the error says why
+        err = capsys.readouterr().err
+        assert "from the default (no STAPIPE_API_URL, no " in err and "is `stapipe up` running?" in err
+        write_url(Settings(), server)
+        assert main(["status"]) == 0
+        monkeypatch.setenv("STAPIPE_DASHBOARD_PASSWORD", "wrong")
+        get_settings.cache_clear()
+        assert main(["status"]) == 1
+        assert "token from STAPIPE_DASHBOARD_PASSWORD" in capsys.readouterr().err
+        monkeypatch.setenv("STAPIPE_API_URL", "http://127.0.0.1:9")
+        get_settings.cache_clear()
+        assert main(["status"]) == 1
+        assert "from STAPIPE_API_URL" in capsys.readouterr().err
+        assert url_path(Settings()).read_text().strip() == server
+    finally:
+        get_settings.cache_clear()
 
 
 def test_stapipe_dashboard_serves_and_prints_its_generated_token(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -133,7 +133,7 @@ def test_pipeline_page(browser_client: FlaskClient, session: Session, settings: 
     failed.error_summary = "RuntimeError: boom"
     stage_of(p, "train_sa_coarse").worker_host = "gpu0@box"
     reused = stage_of(p, "train_st_coarse")
-    reused.status, reused.reused_from_id = "skipped", failed.id
+    reused.status, reused.reused_from_id = "reused", failed.id
     session.commit()
     html = text(browser_client.get(f"/pipelines/{p.id}"))
     assert html.count('class="node ') == 13
@@ -143,7 +143,8 @@ def test_pipeline_page(browser_client: FlaskClient, session: Session, settings: 
     assert f'/stages/{failed.id}/rerun' in row("train_s_coarse")
     assert "/rerun" not in row("extract")
     assert "gpu0@box" in row("train_sa_coarse")
-    assert "reused from earlier run" in row("train_st_coarse")
+    assert 'data-status="reused"' in row("train_st_coarse") and "skipped" not in html
+    assert f'href="/stages/{failed.id}"' in row("train_st_coarse")  # a link to the stage it reuses
     assert 'id="cancel-pipeline"' in html and "data-confirm=" in html
 
 

@@ -26,13 +26,18 @@ def _diff(url: str) -> list:
 def _check_schema(url: str) -> None:
     assert current(url) is None
     upgrade(url)
-    assert current(url) == "0001"
+    from alembic.script import ScriptDirectory
+
+    from db.migrate import alembic_config
+
+    assert current(url) == ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert _diff(url) == []
     upgrade(url)  # idempotent: a second worker/dashboard start changes nothing
     engine = make_engine(url)
     names = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert {"pipelines", "stages", "extraction_items", "epoch_metrics", "artefacts", "alembic_version"} <= names
+    assert {"pipelines", "stages", "extraction_items", "epoch_metrics", "artefacts", "workers",
+            "alembic_version"} <= names
 
 
 def _check_rows(url: str) -> None:
@@ -77,3 +82,21 @@ def test_sqlite_pragmas(sqlite_url: str) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     engine.dispose()
+
+
+def test_the_dash_migration_renames_skipped_stages_to_reused(sqlite_url: str) -> None:
+    from sqlalchemy import text
+
+    upgrade(sqlite_url, "0001")
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO pipelines (id, name, dataset_root, config, status, created_at, submitted_by) "
+                          "VALUES (1, 'p', '/d', '{}', 'succeeded', '2026-01-01', 'x')"))
+        conn.execute(text("INSERT INTO stages (pipeline_id, kind, position, status, queue, depends_on, attempts, "
+                          "attempts_base, updated_at, cancel_requested, progress_done, progress_failed, "
+                          "progress_total) VALUES (1, 'extract', 0, 'skipped', 'cpu', '[]', 0, 0, '2026-01-01', "
+                          "0, 0, 0, 0)"))
+    engine.dispose()
+    upgrade(sqlite_url, "0004_dash")
+    with session_scope(sqlite_url) as s:
+        assert s.scalars(select(Stage.status)).all() == ["reused"]

@@ -34,7 +34,7 @@ def test_demo_on_embedded_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = stack_env(home, None, None, STAPIPE_DASHBOARD_PORT=str(_free_port()), STAPIPE_RECOVERY_INTERVAL_S="5")
     cmd = [sys.executable, "-m", "worker.cli", "demo", "--preset", "tiny", "--classes", "3",
-           "--videos-per-class", "4", "--seconds", "4", "--workers", "1", "--concurrency", "2"]
+           "--videos-per-class", "4", "--seconds", "4", "--workers", "1", "--concurrency", "2", "--exit"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

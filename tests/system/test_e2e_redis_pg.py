@@ -167,7 +167,7 @@ def test_full_pipeline_injected_failure_and_rerun(stack: Stack) -> None:
 def _resubmit_sta(stack: Stack, name: str, **sta: Any) -> tuple[int, dict[str, Stage]]:
     pid = stack.submit(tiny_config(**sta), name)
     s = stack.stages(pid)
-    reused = {k for k, st in s.items() if st.status == "skipped"}
+    reused = {k for k, st in s.items() if st.status == "reused"}
     assert reused == set(KINDS) - {"train_sta", "evaluate"}, reused
     return pid, s
 
