@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
+from sta_models.evaluation_result import METRICS as HEADLINE_METRICS
 
 from . import queries
 from .api import settings
 from .database import db_session
 from .errors import FieldErrors
-from .results import HEADLINE_METRICS, headline
+from .results import headline
 from .views import pipeline_json
 
 bp = Blueprint("compare", __name__)

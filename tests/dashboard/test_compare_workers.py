@@ -151,40 +151,11 @@ def test_reused_stage_shows_the_source_stage(browser_client: FlaskClient, api: F
     assert "skipped" not in html
 
 
-def test_headline_reads_the_stage_summary_and_both_file_layouts(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
-
+def test_headline_reads_the_stage_summary() -> None:
+    """The list's path: the evaluate stage's stored summary, no file read (files: test_evaluation_result)."""
     from dashboard.results import headline
     from db.models import Stage
 
     assert headline(Stage(status="succeeded", summary={"metrics": {"sta": {"cc": 0.5, "nss": None}}})) == {"cc": 0.5}
     assert headline(Stage(status="running", summary={"metrics": {"sta": {"cc": 0.5}}})) is None
-    (tmp_path / "evaluate").mkdir()
-    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"reports": {"sta": {"dataset": {"cc": 0.6}}}}))
-    assert headline(tmp_path) == {"cc": 0.6}
-    new = tmp_path / "v1.json"
-    new.write_text(json.dumps({"schema_version": 1, "dataset": [{"method": "centre", "values": {"cc": 0.3}},
-                                                                {"method": "sta", "values": {"cc": 0.8}}]}))
-    assert headline(new) == {"cc": 0.8} and headline(tmp_path / "nothing") is None
-
-
-def test_previews_are_grouped_by_video_and_branch_with_a_slider(browser_client: FlaskClient, session: Session,
-                                                               settings: Settings) -> None:
-    from dashboard.previews import group_previews
-
-    p = make_pipeline(session, settings, statuses={"cams_coarse": "succeeded"})
-    st = stage_of(p, "cams_coarse")
-    for branch in ("s", "sa", "st"):
-        for sec in (1, 4):
-            add_artefact(session, settings, st, f"{p.id}/cams_coarse/{branch}/previews/vid1.c03_{sec:03d}.png", b"p")
-    add_artefact(session, settings, st, f"{p.id}/cams_coarse/s/previews/vid2.c01_002.png", b"p")
-    add_artefact(session, settings, st, f"{p.id}/cams_coarse/summary.json", b"{}", kind="report")
-    html = browser_client.get(f"/stages/{st.id}").get_data(as_text=True)
-    assert html.count('class="preview-video card"') == 2 and 'data-video="vid1.c03"' in html
-    assert "S · vid1.c03 · second 1" in html and "SA · vid1.c03 · second 1" in html
-    assert re.search(r'data-kind="preview"\s*>', html)  # 7 previews: collapsed
-    assert re.search(r'data-kind="report" open>', html)
-    videos, other = group_previews([{"name": "x_s007.png", "path": "1/pseudo_gt/previews/x_s007.png", "url": "u"},
-                                    {"name": "odd.png", "path": "1/pseudo_gt/odd.png", "url": "v"}], "pseudo_gt")
-    assert [(v.key, v.seconds, list(v.columns)) for v in videos] == [("x", [7], ["pseudo-GT"])]
-    assert [o["name"] for o in other] == ["odd.png"]
+    assert headline(None) is None
