@@ -1,8 +1,9 @@
 """Class activation maps of a trained branch (SPEC §4), one HDF5 file per annotation row.
 
 For every event second, in eval mode and without augmentation: CAM = relu((map1 + map2) / 2) at
-the true class, bilinearly resized to ``canvas``×``canvas``, divided by its max (+1e-8), stored as
-float16 with the frame's predicted class, its probability and the true class's probability. A
+the true class, bilinearly resized to ``canvas``×``canvas``, divided by its max (+1e-8), with the
+frame's predicted class, its probability and the true class's probability. The file keeps the map
+at the class-map size and the reader does the resize (``sta_models.cam_files``). A
 frame is *selected* for the branch when its top-1 class is the true class (pseudo-GT fusion uses
 that). ST needs an event of at least 3 s: shorter rows get no ST file and the summary says so.
 """
@@ -19,11 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
-from sta_models.cam_files import write_cam_file
+from sta_models.cam_files import normalise_native, upsample, write_cam_file
 from sta_models.datasets import FeatureDataset, open_h5, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
@@ -54,12 +54,10 @@ class CamSummary:
         return {**asdict(self), "accuracy": self.accuracy}
 
 
-def normalised_cam(cam: torch.Tensor, labels: torch.Tensor, canvas: int) -> torch.Tensor:
-    """[B, C, h, w] CAMs → the true class's map, resized to canvas, divided by max + 1e-8."""
+def true_class_map(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] CAMs → [B, h, w] float32: each sample's true-class channel at the class-map size."""
     idx = labels.view(-1, 1, 1, 1).expand(-1, 1, *cam.shape[-2:])
-    m = cam.float().gather(1, idx)
-    m = F.interpolate(m, size=(canvas, canvas), mode="bilinear", align_corners=False).clamp_min_(0)[:, 0]
-    return m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-8)
+    return cam.float().gather(1, idx)[:, 0]
 
 
 def heatmap_overlay(frame: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -111,9 +109,10 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))
         frames = open_h5(ds.paths[i])["frames"]
-        for p in picks:
+        native, _ = normalise_native(np.stack([pending["cams"][p] for p in picks]), canvas)
+        for p, m in zip(picks, native, strict=True):
             k = pending["seconds"][p]
-            img = heatmap_overlay(frames[k], pending["cams"][p].astype(np.float32))
+            img = heatmap_overlay(frames[k], upsample(m, canvas))
             cv2.imwrite(str(out_dir / "previews" / f"{row.key}_{k:03d}.png"), img)
             summary.previews += 1
 
@@ -125,7 +124,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
             with autocast_for(dev):
                 out = run_branch(model, batch)
             labels = batch["label"]
-            cams = normalised_cam(out.cam(), labels, canvas).half().cpu().numpy()
+            cams = true_class_map(out.cam(), labels).cpu().numpy()
             probs = torch.softmax(out.prediction().float(), dim=1)
             pred = probs.argmax(1)
             pred_prob = probs.gather(1, pred[:, None])[:, 0].cpu().numpy()
