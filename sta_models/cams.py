@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import normalise_native, upsample, write_cam_file
-from sta_models.datasets import FeatureDataset, open_h5, prepare_batch
+from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
 from sta_models.training import load_branch
@@ -108,11 +108,11 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
         summary.rows_written += 1
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))
-        frames = open_h5(ds.paths[i])["frames"]
+        frames = ds.frames_at(i, [pending["seconds"][p] for p in picks])  # the crops, for fine CAMs
         native, _ = normalise_native(np.stack([pending["cams"][p] for p in picks]), canvas)
-        for p, m in zip(picks, native, strict=True):
+        for p, m, frame in zip(picks, native, frames, strict=True):
             k = pending["seconds"][p]
-            img = heatmap_overlay(frames[k], upsample(m, canvas))
+            img = heatmap_overlay(frame, upsample(m, canvas))
             cv2.imwrite(str(out_dir / "previews" / f"{row.key}_{k:03d}.png"), img)
             summary.previews += 1
 
