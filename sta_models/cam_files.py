@@ -72,7 +72,7 @@ def write_cam_file(path: Path, data: Mapping[str, Sequence[Any]], attrs: Mapping
     raw = np.stack([np.asarray(c, np.float32) for c in data["cams"]]) if len(data["cams"]) else np.zeros((0, 0, 0))
     native, scale = normalise_native(raw, canvas)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver="latest") as f:  # compact headers: most of a small file
             f["cams_native"] = native.astype(np.float16)
             f["cam_scale"] = scale
             f["seconds"] = np.asarray(data["seconds"], dtype=np.int32)

@@ -50,7 +50,7 @@ def write_crop_file(path: Path, feature_file: Path, data: Mapping[str, np.ndarra
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver="latest") as f:  # compact headers: most of a small file
             for k in ("boxes", "has_box", "box_source", "box_alpha", "audio_valid"):
                 f[k] = data[k]
             for k, v in attrs.items():
