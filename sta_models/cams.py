@@ -30,6 +30,7 @@ from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to
 from sta_models.training import load_branch
 
 PREVIEWS_PER_ROW = 3
+PREVIEW_ROWS = 32  # rows that get previews: a sample for the dashboard (3 PNGs × 4,143 rows would be ~3 GB)
 
 
 @dataclass
@@ -71,8 +72,8 @@ def heatmap_overlay(frame: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
 def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], feature_dir: str | Path,
                  out_dir: str | Path, *, canvas: int, device: str = "auto", batch_size: int = 16,
                  callbacks: Callbacks = NO_CALLBACKS, input_size: int | None = None, workers: int = 0,
-                 previews_per_row: int = PREVIEWS_PER_ROW) -> CamSummary:
-    """Write ``out_dir/<row.key>.h5`` per row, ``previews/*.png`` and ``summary.json``.
+                 previews_per_row: int = PREVIEWS_PER_ROW, preview_rows: int = PREVIEW_ROWS) -> CamSummary:
+    """Write ``out_dir/<row.key>.h5`` per row, ``previews/*.png`` (of the first ``preview_rows`` rows) and ``summary.json``.
 
     ``input_size`` defaults to the size the checkpoint was trained at.
     """
@@ -106,6 +107,8 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
                  "category_id": int(row.category_id), "canvas": canvas, "checkpoint": str(checkpoint)}
         write_cam_file(out_dir / f"{row.key}.h5", pending, attrs)
         summary.rows_written += 1
+        if summary.rows_written > preview_rows:
+            return
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))
         frames = ds.frames_at(i, [pending["seconds"][p] for p in picks])  # the crops, for fine CAMs

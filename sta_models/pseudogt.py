@@ -39,6 +39,7 @@ from sta_models.jsonio import write_json_atomic
 
 BOX_SOURCES = {0: "not in event", 1: "fused selected branches", 2: "average of unselected CAMs", 3: "full frame"}
 PREVIEWS_PER_ROW = 3
+PREVIEW_ROWS = 32  # rows per stage that get previews: a sample to look at, not 3 PNGs for each of 4,143 rows
 ST_MIN_EVENT = 3  # the ST branch skips events shorter than this (SPEC §3)
 
 
@@ -474,7 +475,7 @@ def _crop_preview(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.nd
 
 
 def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out_dir: Path,
-              cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
+              cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
     """Write one row's crop file (boxes) and previews; its summary, or None when its feature file is missing."""
     feat = Path(feature_dir) / f"{row.video_id}.h5"
     if not feat.exists():
@@ -485,7 +486,7 @@ def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out
         attrs = dict(f.attrs)
         secs = _event_seconds(row, t)
         step = max(1, len(secs) // PREVIEWS_PER_ROW)
-        shown = [int(s) for s in secs[::step][:PREVIEWS_PER_ROW]]
+        shown = [int(s) for s in secs[::step][:PREVIEWS_PER_ROW]] if preview else []
         frames = np.stack([f["frames"][s] for s in shown]) if shown else None  # previews only
     ev_boxes, ev_alpha, source = _coarse_boxes(_gather(cam_dirs, row, secs, scratch), (h, w), cfg, scratch)
 
@@ -536,7 +537,7 @@ def coarse_boxes_and_crops(
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch)
+        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch, summary["written"] < PREVIEW_ROWS)
         if res is None:
             summary["missing_features"].append(row.key)
             callbacks.log(f"crops: {row.key}: no feature file {row.video_id}.h5, skipped")
@@ -610,7 +611,7 @@ def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[in
 
 
 def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, out_dir: Path,
-                   cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
+                   cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
     """Write one row's pseudo-GT file and previews; its report entry, or None without a crop file."""
     crop = Path(crop_dir) / f"{row.key}.h5"
     if not crop.exists():
@@ -628,7 +629,7 @@ def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, o
         keep = np.flatnonzero(has)
         out_secs = secs[keep]
         step = max(1, len(keep) // PREVIEWS_PER_ROW)
-        shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW]  # previews: only these frames are read
+        shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW] if preview else []  # only these frames are read
         picked = [int(out_secs[i]) for i in shown]
         if box_file:
             with h5py.File(source_features(crop, f), "r") as src:
@@ -679,7 +680,7 @@ def fuse_pseudo_gt(
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch)
+        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch, len(report["rows"]) < PREVIEW_ROWS)
         if res is None:
             report["missing_crops"].append(row.key)
             report["rows"][row.key] = {"seconds": [], "without": {}, "error": "no crop file"}

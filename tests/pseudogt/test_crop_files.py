@@ -110,3 +110,14 @@ def test_crop_previews_show_the_box_and_the_crop(crops: tuple[Path, Path]) -> No
     assert img.shape == (H, 2 * W, 3)
     Path("test-artifacts").mkdir(exist_ok=True)
     cv2.imwrite("test-artifacts/crop_preview.png", cv2.resize(img, (4 * W, 2 * H), interpolation=cv2.INTER_NEAREST))
+
+
+def test_previews_only_for_the_first_rows(crops: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    new, _ = crops
+    monkeypatch.setattr(P, "PREVIEW_ROWS", 1)
+    cam_dirs = {b: new.parent / "cams" / b for b in ("s", "sa", "st")}
+    out = new.parent / "crops_capped"
+    P.coarse_boxes_and_crops(cam_dirs, ROWS, new.parent / "features", out, PseudoGTConfig(min_box=20))
+    assert sorted(p.name for p in (out / "previews").glob("*.png")) == [
+        "v.c02_s001.png", "v.c02_s002.png", "v.c02_s003.png"]
+    assert len(list(out.glob("*.h5"))) == 2  # every row still gets its crop file
