@@ -16,15 +16,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_gc)
 
 
-def human(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
-
-
 def cmd_gc(args: argparse.Namespace) -> int:
+    from dashboard.formatting import human_size as human
     from db.migrate import upgrade
     from db.session import session_scope
     from worker import disk

@@ -59,7 +59,7 @@ def test_gc_dry_run_then_delete_orphans_and_intermediates(session: Session, data
     session.commit()  # the command opens its own connection (SQLite: one writer)
     assert main(["gc", "--dry-run", "--intermediates"]) == 0
     out = capsys.readouterr().out
-    assert f"would delete {first.id}/old_kind  1.2 kB  (no stage uses it)" in out and orphan.exists()
+    assert f"would delete {first.id}/old_kind  1.2 KiB  (no stage uses it)" in out and orphan.exists()
 
     _run_all(session, running.id)  # the running pipeline succeeds: its reused inputs are free now
     session.expire_all()
