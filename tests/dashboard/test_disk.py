@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
-from werkzeug.serving import make_server
 
 from sta_models.ave import load_dataset
 from sta_models.config import preset
 from sta_models.disk_estimate import DatasetSize, estimate
-from worker.cli import main
 from worker.settings import Settings
 
-from .conftest import TOKEN, add_artefact, csrf_of, make_pipeline, stage_of
+from .conftest import add_artefact, csrf_of, make_pipeline, stage_of
 
 
-def _dataset(settings: Settings) -> Path:
+def write_dataset(settings: Settings) -> Path:
+    """12 annotated (dummy) videos in the data root's ``ave-synth``."""
     root = settings.data_dir / "ave-synth"
     (root / "AVE").mkdir(parents=True, exist_ok=True)
     lines = ["Category&VideoID&Quality&StartTime&EndTime"]
@@ -48,7 +44,7 @@ def test_pipeline_api_and_page_show_bytes_per_stage(browser_client: FlaskClient,
 
 
 def test_estimate_is_the_library_estimate_of_the_dataset(api: FlaskClient, settings: Settings) -> None:
-    root = _dataset(settings)
+    root = write_dataset(settings)
     r = api.get("/api/v1/estimate", query_string={"dataset_root": "ave-synth", "preset": "tiny",
                                                   "overrides": '{"extract.size": 64}'})
     assert r.status_code == 200, r.json
@@ -89,21 +85,3 @@ def test_gc_dry_run_and_delete_through_the_api_and_the_page(browser_client: Flas
     done = api.post("/api/v1/disk/gc", json={"intermediates": True}).json
     assert done == {"freed": 0, "bytes": 0, "items": []}
     assert api.post("/api/v1/disk/gc", json={"intermediates": "yes"}).status_code == 422
-
-
-@pytest.fixture
-def server(app: Flask):  # type: ignore[no-untyped-def]
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
-    thread.join(5)
-
-
-def test_submit_prints_the_estimate_first(server: str, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    _dataset(settings)
-    assert main(["submit", "--url", server, "--token", TOKEN, "--dataset", "ave-synth", "--preset", "tiny"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("disk estimate: ") and "for 12 videos (" in out[0] and "largest: train_" in out[0]
-    assert out[1].startswith("submitted pipeline 1 ")
