@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sta_models.config import BRANCHES, PipelineConfig
+from sta_models.pseudogt import PREVIEW_ROWS
 
 AUDIO_BYTES = 81 * 199 * 4  # one second's log-spectrogram, float32
 # parameters + buffers (float32) of each network, counted on the built models
@@ -29,11 +30,13 @@ WEIGHTS = {
 STRIDE = {"s": 16, "sa": 32, "st": 32}  # class-map grid = ceil(input / stride)
 # measured (bench/bench_disk.py): HDF5 bytes of a file beyond its arrays, preview PNG bytes per pixel
 CAM_FILE_FIXED = 6_700
-CROP_FILE_FIXED = 5_000
-PGT_FILE_FIXED = 4_000
-FEATURE_FILE_FIXED = 4_000
-PREVIEW_PNG_PER_PIXEL = 2.0  # heat-map overlays and crops (RGB)
-PREVIEWS_PER_ROW = 3
+CROP_FILE_FIXED = 8_000
+PGT_FILE_FIXED = 11_000
+FEATURE_FILE_FIXED = 14_600
+CAM_PREVIEW_PER_PIXEL = 0.8  # heat-map overlay PNG, canvas²
+CROP_PREVIEW_PER_PIXEL = 0.65  # frame with box | crop, 2·size²
+PGT_PREVIEW_PER_PIXEL = 0.25  # pseudo-GT over the crop on grey, size²
+PREVIEWS_PER_ROW = 3  # per row and branch, for the first PREVIEW_ROWS rows of a stage (before: every row)
 PREDICTION_PNG_PER_PIXEL = 0.6  # grey saliency maps
 
 
@@ -77,8 +80,12 @@ def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["toda
     """Bytes per stage kind (the keys of ``worker.stages``) the pipeline will keep."""
     size = cfg.extract.size
     frame = size * size * 3
-    preview = int(PREVIEW_PNG_PER_PIXEL * size * size)
+    pixels = size * size
     copies = 3 if checkpoints == "today" else 1
+
+    def previews(rows: int) -> int:  # preview PNGs of a stage (per branch for CAMs)
+        return PREVIEWS_PER_ROW * (rows if formats == "before" else min(rows, PREVIEW_ROWS))
+
     out: dict[str, int] = {"extract": ds.video_seconds * (frame + AUDIO_BYTES + 1) + ds.videos * FEATURE_FILE_FIXED}
     for phase in ("coarse", "fine"):
         section = cfg.coarse if phase == "coarse" else cfg.fine
@@ -88,13 +95,16 @@ def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["toda
             out[f"train_{b}_{phase}"] = 4 * WEIGHTS[(t.backbone, b)] * copies
             n_rows, secs = _rows_secs(ds, b)
             per_second = 2 * size * size if formats == "before" else 2 * _grid(t.input_size, b) ** 2 + 4
-            cams += n_rows * (CAM_FILE_FIXED + PREVIEWS_PER_ROW * preview) + secs * (per_second + 14)
+            cams += n_rows * CAM_FILE_FIXED + int(previews(n_rows) * CAM_PREVIEW_PER_PIXEL * pixels) \
+                + secs * (per_second + 14)
         out[f"cams_{phase}"] = cams
     row_seconds = ds.video_seconds * ds.rows // max(ds.videos, 1)  # a crop file covers its whole video
-    out["crops"] = ds.rows * (CROP_FILE_FIXED + PREVIEWS_PER_ROW * 2 * preview) + row_seconds * 23  # boxes
+    out["crops"] = ds.rows * CROP_FILE_FIXED + int(previews(ds.rows) * CROP_PREVIEW_PER_PIXEL * 2 * pixels) \
+        + row_seconds * 23  # boxes
     if formats == "before":  # the frames and audio copied, no previews
         out["crops"] = ds.rows * CROP_FILE_FIXED + row_seconds * (frame + AUDIO_BYTES + 23)
-    out["pseudo_gt"] = ds.event_seconds * 2 * size * size + ds.rows * (PGT_FILE_FIXED + PREVIEWS_PER_ROW * preview)
+    out["pseudo_gt"] = (ds.event_seconds * 2 * pixels + ds.rows * PGT_FILE_FIXED
+                        + int(previews(ds.rows) * PGT_PREVIEW_PER_PIXEL * pixels))
     out["train_sta"] = 4 * WEIGHTS[(cfg.sta.backbone, "sta")] * copies
     out["evaluate"] = int(ds.test_video_seconds * PREDICTION_PNG_PER_PIXEL * size * size)
     return out
