@@ -197,6 +197,9 @@ class FeatureDataset(Dataset):
                 else:
                     n_frames = f["frames"].shape[0]
                 valid = f["audio_valid"][()] if self.with_audio and skip_invalid_audio else None
+            if not Path(self.sources[i]).exists():  # a box file whose feature file is gone
+                self.excluded["missing_source_rows"] += 1
+                continue
             last = min(row.end, n_frames) - 1
             self.event[i] = (row.start, last)
             self.excluded["missing_seconds"] += max(0, row.end - max(row.start, n_frames))

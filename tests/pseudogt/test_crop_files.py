@@ -121,3 +121,11 @@ def test_previews_only_for_the_first_rows(crops: tuple[Path, Path], monkeypatch:
     assert sorted(p.name for p in (out / "previews").glob("*.png")) == [
         "v.c02_s001.png", "v.c02_s002.png", "v.c02_s003.png"]
     assert len(list(out.glob("*.h5"))) == 2  # every row still gets its crop file
+
+
+def test_box_files_without_their_feature_file_leave_the_rows_out(crops: tuple[Path, Path]) -> None:
+    new, _ = crops
+    close_handles()
+    (new.parent / "features" / "v.h5").rename(new.parent / "v.h5")
+    ds = FeatureDataset(ROWS, new, "s", 32)
+    assert len(ds) == 0 and ds.exclusions() == {"missing_source_rows": 2}
