@@ -34,6 +34,7 @@ from sta_models.ave import AnnotationRow, read_annotations
 from sta_models.cam_files import read_cam_file, write_cam_file
 from sta_models.cams import heatmap_overlay
 from sta_models.config import PseudoGTConfig, preset
+from sta_models.crop_files import crop_frames
 from sta_models.datasets import FeatureDataset, close_handles
 from sta_models.disk_estimate import DatasetSize, estimate
 
@@ -96,7 +97,7 @@ def measure_bytes(root: Path) -> dict:
         boxes, has_box = f["boxes"][()], f["has_box"][()]
     old = root / "crops_f1.h5"
     with h5py.File(feat / "v.h5") as src, h5py.File(old, "w") as f:  # format 1: frames and audio copied, cropped
-        cropped = P.crop_frames(src["frames"][()], range(SECONDS), boxes, has_box)
+        cropped = crop_frames(src["frames"][()], range(SECONDS), boxes, has_box)
         f.create_dataset("frames", data=cropped, chunks=(1, SIZE, SIZE, 3))
         f.create_dataset("audio", data=src["audio"][()], chunks=(1, 81, 199))
         for k in ("audio_valid",):

@@ -95,7 +95,8 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
     for i, row in enumerate(ds.rows):
         if i not in present:
             reason = ("event shorter than 3 s (no ST CAM)" if branch == "st" and row.end - row.start < 3
-                      else "no feature file" if not Path(ds.paths[i]).exists() else "no usable seconds")
+                      else "no feature file" if not (Path(ds.paths[i]).exists() and Path(ds.sources[i]).exists())
+                      else "no usable seconds")
             summary.skipped_rows[row.key] = reason
 
     pending: dict[str, list] = {}
