@@ -303,7 +303,7 @@ def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path, suffix: 
         (crop, _, crop_previews, _) = keep[row.key]
         frames(row.video_id, crop_previews)
         for b in BRANCHES:
-            read_cam_file(d[f"coarse_{b}{suffix}"] / f"{row.key}.h5")
+            read_cam_file(d[f"coarse_{b}{suffix}"] / f"{row.key}.h5", dtype=np.float32)  # as the stage reads
         P._write_h5_atomic(out / f"{row.key}.crop.h5", h5_writer(*crop))
         for name, img in crop_previews.items():
             cv2.imwrite(str(out / "crop_previews" / name), img)
@@ -314,7 +314,7 @@ def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path, suffix: 
             _ = f["boxes"][()], f["audio_valid"][()], f["has_box"][()], dict(f.attrs)
         frames(row.video_id, previews)
         for b in BRANCHES:
-            read_cam_file(d[f"fine_{b}{suffix}"] / f"{row.key}.h5")
+            read_cam_file(d[f"fine_{b}{suffix}"] / f"{row.key}.h5", dtype=np.float32)
         P._write_h5_atomic(out / f"{row.key}.pgt.h5", h5_writer(*pgt))
         for name, img in previews.items():
             cv2.imwrite(str(out / "previews" / name), img)

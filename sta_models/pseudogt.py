@@ -386,6 +386,8 @@ class _Gathered:
         if c is None or self.index[b, j] < 0:
             raise KeyError(f"branch {self.names[b]} has no CAM for event second {j}")
         src = c.cams[self.index[b, j]]
+        if src.dtype == np.float32:  # format 2, upsampled into the row's buffer: used as it is
+            return src
         return to_float32(src, out=scratch.get(f"cam{b}", src.shape))
 
     def map_at(self, b: int, j: int, size: tuple[int, int], scratch: _Scratch) -> np.ndarray:
@@ -409,8 +411,8 @@ def _gather(cam_dirs: Mapping[str, Path], row: RowLike, seconds: np.ndarray,
     g = _Gathered(names, {}, np.full(shape, -1, np.int64), np.zeros(shape, np.float32),
                   np.zeros(shape, bool), np.zeros(shape, bool))
     for b, name in enumerate(names):
-        alloc = None if scratch is None else (lambda shp, b=b: scratch.leading(f"file{b}", shp, np.float16))
-        c = g.loaded[name] = read_cam_file(Path(cam_dirs[name]) / f"{row.key}.h5", alloc)
+        alloc = None if scratch is None else (lambda shp, dt, b=b: scratch.leading(f"file{b}", shp, dt))
+        c = g.loaded[name] = read_cam_file(Path(cam_dirs[name]) / f"{row.key}.h5", alloc, np.float32)
         if c is None:
             continue
         pos = {int(s): i for i, s in enumerate(c.seconds)}

@@ -122,7 +122,7 @@ def test_cam_files_keep_native_maps_and_read_back_at_the_canvas(tmp_path: Path) 
         assert f["cams_native"].shape == (3, 6, 6) and f["cams_native"].dtype == np.float16
         assert f.attrs["cam_format"] == 2 and f.attrs["branch"] == "s" and "cams" not in f
     buf = np.zeros((5, 20, 20), np.float16)
-    got = read_cam_file(path, alloc=lambda shape: buf[: shape[0]])
+    got = read_cam_file(path, alloc=lambda shape, dtype: buf[: shape[0]])
     assert got is not None and np.shares_memory(got.cams, buf)
     up = np.stack([cv2.resize(c, (20, 20), interpolation=cv2.INTER_LINEAR) for c in cams])
     want = up / (up.reshape(3, -1).max(1)[:, None, None] + 1e-8)
@@ -130,6 +130,9 @@ def test_cam_files_keep_native_maps_and_read_back_at_the_canvas(tmp_path: Path) 
     assert got.seconds.tolist() == [4, 5, 6] and got.pred_class.tolist() == [1, 2, 3]
     np.testing.assert_array_equal(got.true_prob, np.float32([0.25, 0.5, 0.75]))
     np.testing.assert_array_equal(read_cam_file(path).cams, got.cams)
+    f32 = read_cam_file(path, dtype=np.float32).cams  # unrounded: what the pseudo-GT stages read
+    assert f32.dtype == np.float32 and np.abs(f32 - want).max() < 1e-3
+    np.testing.assert_array_equal(f32.astype(np.float16), got.cams)
     assert read_cam_file(tmp_path / "missing.h5") is None
     assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left
 
