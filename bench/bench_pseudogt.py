@@ -7,7 +7,9 @@
    baseline run replaces the per-pixel loop with Python-level row/column scans of numpy rows.
    All three run side by side in interleaved rounds (``--repeats``, best time kept), and an
    I/O-only pass (the same file reads and writes with the results preloaded) gives the floor
-   that no amount of faster compute can go below.
+   that no amount of faster compute can go below. CAM files are format 2 (class-map-size maps,
+   upsampled when read: S 16², SA/ST 8², as a 256 px input gives); ours also runs on the same
+   maps in format 1 (356² float16 per second, the files before issue 16), with its I/O floor.
 2. Metrics frames/s: the full STAViS protocol (blur, resize, CC, NSS, SIM, KLD, AUC-J, AUC-B and
    s-AUC with 100 splits) on 360×640 GT, from files and in memory.
 
@@ -37,6 +39,7 @@ from sta_models.cam_files import read_cam_file, write_cam_file
 from sta_models.config import EvaluateConfig, PseudoGTConfig
 
 BRANCHES = ("s", "sa", "st")
+NATIVE = {"s": 16, "sa": 8, "st": 8}  # class-map grid of a 256 px input (stride 16 for S, 32 for SA/ST)
 SIZE = 356
 SECONDS = 10
 
@@ -82,6 +85,8 @@ def make_inputs(root: Path, n_rows: int, seed: int = 0, sigma=(20.0, 40.0), nois
         "features": root / "features", "png": root / "png",
         **{f"coarse_{b}": root / f"coarse_{b}" for b in BRANCHES},
         **{f"fine_{b}": root / f"fine_{b}" for b in BRANCHES},
+        **{f"coarse_{b}_f1": root / f"coarse_{b}_f1" for b in BRANCHES},
+        **{f"fine_{b}_f1": root / f"fine_{b}_f1" for b in BRANCHES},
     }
     for d in dirs.values():
         d.mkdir(parents=True)
@@ -105,9 +110,17 @@ def make_inputs(root: Path, n_rows: int, seed: int = 0, sigma=(20.0, 40.0), nois
                                   sigma, noise)
                 pred = np.where(rng.random(SECONDS) < 0.7, 2, 5)
                 prob = rng.uniform(0.3, 0.95, SECONDS).astype(np.float32)
-                write_cam_file(dirs[f"{stage}_{b}"] / f"{row.key}.h5",  # the pipeline's own CAM file writer
-                               {"cams": list(cams), "seconds": list(range(SECONDS)), "pred_class": pred,
-                                "pred_prob": prob, "true_prob": prob}, {"branch": b})
+                native = [cv2.resize(c, (NATIVE[b],) * 2, interpolation=cv2.INTER_AREA) for c in cams]
+                path = dirs[f"{stage}_{b}"] / f"{row.key}.h5"
+                write_cam_file(path,  # the pipeline's own CAM file writer
+                               {"cams": native, "seconds": list(range(SECONDS)), "pred_class": pred,
+                                "pred_prob": prob, "true_prob": prob}, {"branch": b, "canvas": SIZE})
+                cams = read_cam_file(path).cams  # the maps every implementation works on
+                with h5py.File(dirs[f"{stage}_{b}_f1"] / f"{row.key}.h5", "w") as f:  # format 1: canvas maps
+                    f.create_dataset("cams", data=cams, chunks=(1, SIZE, SIZE))
+                    f["seconds"], f["pred_class"] = np.arange(SECONDS, dtype=np.int32), pred.astype(np.int16)
+                    f["pred_prob"], f["true_prob"] = prob, prob
+                cams = cams.astype(np.float32)
                 cdir = pdir / f"{stage}_{b}"
                 cdir.mkdir()
                 for s in range(SECONDS):
@@ -246,22 +259,27 @@ def naive_pseudo_gt(rows: list[AnnotationRow], info: dict, out: Path, cfg: Pseud
 # ------------------------------------------------------------------------------------------------
 
 
-def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path) -> float:
+def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path, suffix: str = "") -> float:
     """The file reads and writes of both stages alone: the floor for ``sta_models.pseudogt``.
 
-    Same files read (features, CAM files, crop file metadata and the previewed frames) and the same
-    files written (crop and pseudo-GT HDF5 with the same datasets, chunks and attributes, the PNG
-    previews, the JSON reports) as the real run in ``done``, whose results are loaded first (not
-    timed), so nothing is computed in between. Returns seconds.
+    Same files read (feature-file metadata and the previewed frames, CAM files through
+    ``read_cam_file``, which upsamples format 2, and the crop files) and the same files written
+    (crop and pseudo-GT HDF5 with the same datasets, chunks and attributes, the PNG previews,
+    the JSON reports) as the real run in ``done``, whose results are loaded first (not timed),
+    so nothing is computed in between. ``suffix`` "_f1" reads the format 1 CAM files. Returns seconds.
     """
     keep: dict[str, tuple] = {}
+
+    def load(path: Path) -> tuple:
+        with h5py.File(path, "r") as f:
+            return {k: f[k][()] for k in f}, dict(f.attrs), {k: f[k].chunks for k in f}
+
+    def pngs(folder: Path, row: AnnotationRow) -> dict:
+        return {p.name: cv2.imread(str(p)) for p in sorted(folder.glob(f"{row.key}_s*.png"))}
+
     for row in rows:
-        with h5py.File(done / "crops" / f"{row.key}.h5", "r") as f:
-            crop = ({k: f[k][()] for k in f}, dict(f.attrs), {k: f[k].chunks for k in f})
-        with h5py.File(done / "pgt" / f"{row.key}.h5", "r") as f:
-            pgt = ({k: f[k][()] for k in f}, dict(f.attrs), {k: f[k].chunks for k in f})
-        previews = {p.name: cv2.imread(str(p)) for p in sorted((done / "pgt" / "previews").glob(f"{row.key}_s*.png"))}
-        keep[row.key] = (crop, pgt, previews)
+        keep[row.key] = (load(done / "crops" / f"{row.key}.h5"), load(done / "pgt" / f"{row.key}.h5"),
+                         pngs(done / "crops" / "previews", row), pngs(done / "pgt" / "previews", row))
     reports = {name: json.loads((done / sub / name).read_text())
                for sub, name in (("crops", "crops.json"), ("pgt", "report.json"))}
 
@@ -273,23 +291,30 @@ def _io_only(rows: list[AnnotationRow], d: dict, done: Path, out: Path) -> float
                 f.attrs[k] = v
         return write
 
+    def frames(video: str, names: dict) -> list:
+        with h5py.File(d["features"] / f"{video}.h5", "r") as f:
+            _ = f["frames"].shape, f["audio_valid"][()], dict(f.attrs)
+            return [f["frames"][int(name[-7:-4])] for name in names]
+
     (out / "previews").mkdir(parents=True)
+    (out / "crop_previews").mkdir(parents=True)
     t0 = time.perf_counter()
     for row in rows:  # stage 1
-        (crop, _, _) = keep[row.key]
-        with h5py.File(d["features"] / f"{row.video_id}.h5", "r") as f:
-            _ = f["frames"][()], f["audio"][()], f["audio_valid"][()], dict(f.attrs)
+        (crop, _, crop_previews, _) = keep[row.key]
+        frames(row.video_id, crop_previews)
         for b in BRANCHES:
-            read_cam_file(d[f"coarse_{b}"] / f"{row.key}.h5")
+            read_cam_file(d[f"coarse_{b}{suffix}"] / f"{row.key}.h5", dtype=np.float32)  # as the stage reads
         P._write_h5_atomic(out / f"{row.key}.crop.h5", h5_writer(*crop))
+        for name, img in crop_previews.items():
+            cv2.imwrite(str(out / "crop_previews" / name), img)
     (out / "crops.json").write_text(json.dumps(reports["crops.json"], indent=2, sort_keys=True))
     for row in rows:  # stage 2
-        (_, pgt, previews) = keep[row.key]
+        (_, pgt, _, previews) = keep[row.key]
         with h5py.File(out / f"{row.key}.crop.h5", "r") as f:
-            _ = f["boxes"][()], f["audio_valid"][()]
-            _ = [f["frames"][int(name[-7:-4])] for name in previews]
+            _ = f["boxes"][()], f["audio_valid"][()], f["has_box"][()], dict(f.attrs)
+        frames(row.video_id, previews)
         for b in BRANCHES:
-            read_cam_file(d[f"fine_{b}"] / f"{row.key}.h5")
+            read_cam_file(d[f"fine_{b}{suffix}"] / f"{row.key}.h5", dtype=np.float32)
         P._write_h5_atomic(out / f"{row.key}.pgt.h5", h5_writer(*pgt))
         for name, img in previews.items():
             cv2.imwrite(str(out / "previews" / name), img)
@@ -303,7 +328,8 @@ def bench_pseudogt(n_rows: int, root: Path, sigma=(20.0, 40.0), noise=0.15, repe
     rows, info = make_inputs(root / "in", n_rows, sigma=sigma, noise=noise)
     d = info["dirs"]
     frames = n_rows * SECONDS
-    times: dict[str, list[float]] = {"naive": [], "naive_rows": [], "ours": [], "ours_coarse": [], "io": []}
+    times: dict[str, list[float]] = {k: [] for k in ("naive", "naive_rows", "ours", "ours_coarse", "io",
+                                                     "ours_f1", "io_f1")}
     for r in range(repeats):  # interleaved, so a busy moment on the shared machine hits all of them
         run = root / f"run{r}"
         t0 = time.perf_counter()
@@ -318,8 +344,17 @@ def bench_pseudogt(n_rows: int, root: Path, sigma=(20.0, 40.0), noise=0.15, repe
         P.fuse_pseudo_gt({b: d[f"fine_{b}"] for b in BRANCHES}, run / "crops", rows, run / "pgt", cfg)
         times["ours"].append(time.perf_counter() - t0)
         times["io"].append(_io_only(rows, d, run, run / "io"))
-    t_naive, t_naive_rows, t_ours, t_coarse, t_io = (min(times[k]) for k in
-                                                     ("naive", "naive_rows", "ours", "ours_coarse", "io"))
+        t0 = time.perf_counter()  # the same maps as format 1 CAM files (before issue 16)
+        P.coarse_boxes_and_crops({b: d[f"coarse_{b}_f1"] for b in BRANCHES}, rows, d["features"], run / "crops_f1", cfg)
+        P.fuse_pseudo_gt({b: d[f"fine_{b}_f1"] for b in BRANCHES}, run / "crops_f1", rows, run / "pgt_f1", cfg)
+        times["ours_f1"].append(time.perf_counter() - t0)
+        times["io_f1"].append(_io_only(rows, d, run, run / "io_f1", "_f1"))
+    t_naive, t_naive_rows, t_ours, t_coarse, t_io, t_f1, t_io_f1 = (
+        min(times[k]) for k in ("naive", "naive_rows", "ours", "ours_coarse", "io", "ours_f1", "io_f1"))
+    with h5py.File(run / "pgt" / f"{rows[0].key}.h5") as a, h5py.File(run / "pgt_f1" / f"{rows[0].key}.h5") as b:
+        same_maps = float(np.abs(a["maps"][()].astype(np.float32) - b["maps"][()].astype(np.float32)).max())
+    cam_bytes = {fmt: sum(p.stat().st_size for b in BRANCHES for p in d[f"fine_{b}{fmt}"].glob("*.h5")) / n_rows
+                 for fmt in ("", "_f1")}
     # compute only: box search of the fused coarse maps, in memory, both ways
     rng = np.random.default_rng(1)
     cams = _blob_cams(rng, 40, np.array([178.0, 178.0]), sigma, noise)
@@ -340,6 +375,9 @@ def bench_pseudogt(n_rows: int, root: Path, sigma=(20.0, 40.0), noise=0.15, repe
         "io_fraction_of_ours": t_io / t_ours, "speedup_bound_if_compute_free": t_naive / t_io,
         "box_naive_fps": len(maps) / t_box_naive, "box_fps": len(maps) / t_box, "box_speedup": t_box_naive / t_box,
         "box_agreement_1px": agree,
+        "format1_cams_ms_per_frame": 1e3 * t_f1 / frames, "format1_io_only_ms_per_frame": 1e3 * t_io_f1 / frames,
+        "format1_vs_format2_max_map_diff": same_maps,
+        "cam_bytes_per_row_stage": {"format2": cam_bytes[""], "format1": cam_bytes["_f1"]},
     }
 
 

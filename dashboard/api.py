@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
+from worker.disk import pipeline_usage
 from worker.settings import Settings
 
-from . import jobs, queries
+from . import disk, jobs, queries
 from .config_form import ConfigErrors
 from .database import db_session
 from .errors import FieldErrors
@@ -74,6 +76,7 @@ def pipeline_detail(pipeline: Pipeline) -> dict[str, Any]:
     stages = queries.stages_of(session, pipeline.id)
     body["stages"] = [stage_json(s) for s in stages]
     body["unserved_queues"] = unserved_queues(stages)
+    body["disk"] = pipeline_usage(session, pipeline.id)
     return body
 
 
@@ -114,6 +117,43 @@ def create_pipeline():  # type: ignore[no-untyped-def]
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_pipeline", pipeline_id=pipeline.id)
     return response
+
+
+@bp.get("/estimate")
+def estimate_disk():  # type: ignore[no-untyped-def]
+    """Disk the pipeline would keep: same fields as a submission, as query parameters (overrides as JSON)."""
+    args = request.args
+    try:
+        overrides = json.loads(args.get("overrides") or "{}")
+    except json.JSONDecodeError:
+        raise FieldErrors({"overrides": "not JSON"}) from None
+    try:
+        sub = validate(settings(), name=args.get("name") or "estimate", dataset_root=args.get("dataset_root"),
+                       preset=args.get("preset", "tiny"), overrides=overrides)
+    except ConfigErrors as exc:
+        raise FieldErrors(exc.fields, "No estimate: some values are invalid.") from None
+    try:
+        return jsonify(disk.estimate_json(sub.config, sub.dataset_root))
+    except (OSError, ValueError):
+        raise FieldErrors({"dataset_root": "no annotations to estimate from (neither Annotations.txt nor "
+                                           "split files)"}, "No estimate: the dataset cannot be read.") from None
+
+
+@bp.get("/disk/gc")
+def gc_dry_run():  # type: ignore[no-untyped-def]
+    """What ``POST /disk/gc`` would delete now, and the bytes it would free."""
+    intermediates = request.args.get("intermediates") in ("1", "true")
+    return jsonify(disk.gc_json(disk.gc_plan(db_session(), settings(), intermediates), settings()))
+
+
+@bp.post("/disk/gc")
+def gc_collect():  # type: ignore[no-untyped-def]
+    body = json_object() if request.get_data() else {}
+    intermediates = body.get("intermediates", False)
+    if not isinstance(intermediates, bool):
+        raise FieldErrors({"intermediates": "true or false"})
+    freed, done = disk.gc_run(db_session(), settings(), intermediates)
+    return jsonify(freed=freed, **disk.gc_json(done, settings()))
 
 
 @bp.get("/pipelines/<int:pipeline_id>")

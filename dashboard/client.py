@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import requests
@@ -48,6 +49,10 @@ class ApiClient:
     def submit(self, name: str, dataset_root: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/pipelines", json={"name": name, "dataset_root": dataset_root,
                                                       "preset": preset, "overrides": overrides})
+
+    def estimate(self, dataset_root: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        return self._call("GET", "/estimate", params={"dataset_root": dataset_root, "preset": preset,
+                                                      "overrides": json.dumps(overrides)})
 
     def pipeline(self, pipeline_id: int) -> dict[str, Any]:
         return self._call("GET", f"/pipelines/{pipeline_id}")

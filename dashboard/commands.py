@@ -126,6 +126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     def go() -> int:
         client = _client(args)
+        print(_estimate_line(client, _dataset_arg(args.dataset), args.preset, overrides), flush=True)
         p = client.submit(name, _dataset_arg(args.dataset), args.preset, overrides)
         reused = p["progress"]["stages_reused"]
         print(f"submitted pipeline {p['id']} ({p['name']}, preset {p['preset']})"
@@ -134,6 +135,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go, args)
+
+
+def _estimate_line(client: Any, dataset: str, preset: str, overrides: dict[str, Any]) -> str:
+    """One line: the disk the pipeline will keep (or why there is no estimate; submitting goes on)."""
+    from .client import ApiError
+    from .formatting import human_size
+
+    try:
+        est = client.estimate(dataset, preset, overrides)
+    except ApiError as exc:
+        return f"disk estimate: unavailable ({exc})"
+    top = sorted(est["stages"].items(), key=lambda kv: -kv[1])[:3]
+    return (f"disk estimate: {human_size(est['bytes'])} for {est['dataset']['videos']} videos "
+            f"({est['dataset']['video_seconds']} s); largest: " + ", ".join(f"{k} {human_size(v)}" for k, v in top))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

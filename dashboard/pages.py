@@ -13,8 +13,9 @@ from werkzeug.exceptions import Conflict, NotFound
 from db.models import Pipeline
 from sta_models.config import PRESETS, PipelineConfig
 from sta_models.evaluation_result import METRIC_LABELS
+from worker.disk import pipeline_usage
 
-from . import jobs, queries
+from . import disk, jobs, queries
 from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
 from .compare import flat_config
 from .config_form import (
@@ -28,6 +29,7 @@ from .config_form import (
     presets_for_form,
 )
 from .database import db_session
+from .formatting import human_size
 from .params import int_arg
 from .paths import display_dataset_root
 from .previews import artefact_groups, group_previews
@@ -136,8 +138,10 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
     session = db_session()
     stages = queries.stages_of(session, p.id)
     progress = queries.progress_for(session, [p.id])[p.id]
+    usage = pipeline_usage(session, p.id)
     return render_template(
         "pipeline.html", p=p, stages=stages, columns=graph_columns(stages), progress=progress,
+        usage=usage, stage_disk={d["kind"]: d for d in usage["stages"]},
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
         has_evaluate=any(s.kind == "evaluate" for s in stages),
         config_json=json.dumps(p.config, indent=2), unserved=unserved_queues(stages),
@@ -190,6 +194,28 @@ def rerun(stage_id: int):  # type: ignore[no-untyped-def]
         return redirect(url_for("pages.pipeline", pipeline_id=s.pipeline_id))
     plan = jobs.rerun_plan(session, s) if s.status in RERUNNABLE else []
     return render_template("rerun.html", s=s, p=s.pipeline, plan=plan, allowed=s.status in RERUNNABLE)
+
+
+@bp.get("/disk")
+def disk_page():  # type: ignore[no-untyped-def]
+    session, cfg = db_session(), settings()
+    modes = [
+        {"key": "orphans", "title": "Orphan folders",
+         "help": "Stage folders under the artefact root that no stage of this database names.",
+         "plan": disk.gc_json(disk.gc_plan(session, cfg, False), cfg)},
+        {"key": "intermediates", "title": "Intermediates of succeeded pipelines (and orphans)",
+         "help": "Branch checkpoints, CAMs, crops and pseudo-GT; features, the STA model and results stay. "
+                 "An identical pipeline then recomputes these stages instead of reusing them.",
+         "plan": disk.gc_json(disk.gc_plan(session, cfg, True), cfg)},
+    ]
+    return render_template("disk.html", modes=modes)
+
+
+@bp.post("/disk/gc")
+def disk_gc():  # type: ignore[no-untyped-def]
+    freed, done = disk.gc_run(db_session(), settings(), request.form.get("intermediates") == "1")
+    flash(f"Deleted {len(done)} folder(s), freed {human_size(freed)}.")
+    return redirect(url_for("pages.disk_page"))
 
 
 @bp.get("/pipelines/<int:pipeline_id>/results")

@@ -1,8 +1,9 @@
 """Class activation maps of a trained branch (SPEC §4), one HDF5 file per annotation row.
 
 For every event second, in eval mode and without augmentation: CAM = relu((map1 + map2) / 2) at
-the true class, bilinearly resized to ``canvas``×``canvas``, divided by its max (+1e-8), stored as
-float16 with the frame's predicted class, its probability and the true class's probability. A
+the true class, bilinearly resized to ``canvas``×``canvas``, divided by its max (+1e-8), with the
+frame's predicted class, its probability and the true class's probability. The file keeps the map
+at the class-map size and the reader does the resize (``sta_models.cam_files``). A
 frame is *selected* for the branch when its top-1 class is the true class (pseudo-GT fusion uses
 that). ST needs an event of at least 3 s: shorter rows get no ST file and the summary says so.
 """
@@ -19,17 +20,17 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
-from sta_models.cam_files import write_cam_file
-from sta_models.datasets import FeatureDataset, open_h5, prepare_batch
+from sta_models.cam_files import normalise_native, upsample, write_cam_file
+from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
 from sta_models.training import load_branch
 
 PREVIEWS_PER_ROW = 3
+PREVIEW_ROWS = 32  # rows that get previews: a sample for the dashboard (3 PNGs × 4,143 rows would be ~3 GB)
 
 
 @dataclass
@@ -54,12 +55,10 @@ class CamSummary:
         return {**asdict(self), "accuracy": self.accuracy}
 
 
-def normalised_cam(cam: torch.Tensor, labels: torch.Tensor, canvas: int) -> torch.Tensor:
-    """[B, C, h, w] CAMs → the true class's map, resized to canvas, divided by max + 1e-8."""
+def true_class_map(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] CAMs → [B, h, w] float32: each sample's true-class channel at the class-map size."""
     idx = labels.view(-1, 1, 1, 1).expand(-1, 1, *cam.shape[-2:])
-    m = cam.float().gather(1, idx)
-    m = F.interpolate(m, size=(canvas, canvas), mode="bilinear", align_corners=False).clamp_min_(0)[:, 0]
-    return m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-8)
+    return cam.float().gather(1, idx)[:, 0]
 
 
 def heatmap_overlay(frame: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -73,8 +72,8 @@ def heatmap_overlay(frame: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
 def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], feature_dir: str | Path,
                  out_dir: str | Path, *, canvas: int, device: str = "auto", batch_size: int = 16,
                  callbacks: Callbacks = NO_CALLBACKS, input_size: int | None = None, workers: int = 0,
-                 previews_per_row: int = PREVIEWS_PER_ROW) -> CamSummary:
-    """Write ``out_dir/<row.key>.h5`` per row, ``previews/*.png`` and ``summary.json``.
+                 previews_per_row: int = PREVIEWS_PER_ROW, preview_rows: int = PREVIEW_ROWS) -> CamSummary:
+    """Write ``out_dir/<row.key>.h5`` per row, ``previews/*.png`` (of the first ``preview_rows`` rows) and ``summary.json``.
 
     ``input_size`` defaults to the size the checkpoint was trained at.
     """
@@ -96,7 +95,8 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
     for i, row in enumerate(ds.rows):
         if i not in present:
             reason = ("event shorter than 3 s (no ST CAM)" if branch == "st" and row.end - row.start < 3
-                      else "no feature file" if not Path(ds.paths[i]).exists() else "no usable seconds")
+                      else "no feature file" if not (Path(ds.paths[i]).exists() and Path(ds.sources[i]).exists())
+                      else "no usable seconds")
             summary.skipped_rows[row.key] = reason
 
     pending: dict[str, list] = {}
@@ -108,12 +108,15 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
                  "category_id": int(row.category_id), "canvas": canvas, "checkpoint": str(checkpoint)}
         write_cam_file(out_dir / f"{row.key}.h5", pending, attrs)
         summary.rows_written += 1
+        if summary.rows_written > preview_rows:
+            return
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))
-        frames = open_h5(ds.paths[i])["frames"]
-        for p in picks:
+        frames = ds.frames_at(i, [pending["seconds"][p] for p in picks])  # the crops, for fine CAMs
+        native, _ = normalise_native(np.stack([pending["cams"][p] for p in picks]), canvas)
+        for p, m, frame in zip(picks, native, frames, strict=True):
             k = pending["seconds"][p]
-            img = heatmap_overlay(frames[k], pending["cams"][p].astype(np.float32))
+            img = heatmap_overlay(frame, upsample(m, canvas))
             cv2.imwrite(str(out_dir / "previews" / f"{row.key}_{k:03d}.png"), img)
             summary.previews += 1
 
@@ -125,7 +128,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
             with autocast_for(dev):
                 out = run_branch(model, batch)
             labels = batch["label"]
-            cams = normalised_cam(out.cam(), labels, canvas).half().cpu().numpy()
+            cams = true_class_map(out.cam(), labels).cpu().numpy()
             probs = torch.softmax(out.prediction().float(), dim=1)
             pred = probs.argmax(1)
             pred_prob = probs.gather(1, pred[:, None])[:, 0].cpu().numpy()

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from sta_models.crop_files import crop_frames, is_box_file, source_features
+
 Kind = Literal["s", "sa", "st"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +37,11 @@ _HANDLES: dict[tuple[str, int], h5py.File] = {}
 
 
 def feature_path(feature_dir: str | Path, row: Any) -> Path:
-    """``<dir>/<row.key>.h5`` (per-row crops) when present, else ``<dir>/<video_id>.h5``."""
+    """``<dir>/<row.key>.h5`` (per-row crops) when present, else ``<dir>/<video_id>.h5``.
+
+    A per-row crop file of format 2 holds boxes only: :class:`FeatureDataset` reads the frames
+    and audio from the feature file it names and crops when it reads (``sta_models.crop_files``).
+    """
     feature_dir = Path(feature_dir)
     per_row = feature_dir / f"{row.key}.h5"
     return per_row if per_row.exists() else feature_dir / f"{row.video_id}.h5"
@@ -167,12 +173,15 @@ class FeatureDataset(Dataset):
         self.rows, self.kind, self.input_size, self.train = list(rows), kind, input_size, train
         self.with_audio = (kind == "sa") if with_audio is None else with_audio
         self.paths: list[str] = []
+        self.sources: list[str] = []  # where frames and audio are read: the feature file
+        self.crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # row index -> (boxes, has_box)
         self.samples: list[tuple[int, int]] = []  # (row index, second)
         self.event: list[tuple[int, int]] = []  # per row: first and last usable second
         self.excluded: Counter[str] = Counter()
         for i, row in enumerate(self.rows):
             path = feature_path(feature_dir, row)
             self.paths.append(str(path))
+            self.sources.append(str(path))
             self.event.append((row.start, row.end - 1))
             if kind == "st" and row.end - row.start < ST_MIN_EVENT:
                 self.excluded["short_event_rows"] += 1
@@ -181,8 +190,16 @@ class FeatureDataset(Dataset):
                 self.excluded["missing_file_rows"] += 1
                 continue
             with h5py.File(path, "r") as f:
-                n_frames = f["frames"].shape[0]
+                if is_box_file(f):
+                    n_frames = int(f.attrs["n_frames"])
+                    self.sources[i] = str(source_features(path, f))
+                    self.crops[i] = (f["boxes"][()], f["has_box"][()])
+                else:
+                    n_frames = f["frames"].shape[0]
                 valid = f["audio_valid"][()] if self.with_audio and skip_invalid_audio else None
+            if not Path(self.sources[i]).exists():  # a box file whose feature file is gone
+                self.excluded["missing_source_rows"] += 1
+                continue
             last = min(row.end, n_frames) - 1
             self.event[i] = (row.start, last)
             self.excluded["missing_seconds"] += max(0, row.end - max(row.start, n_frames))
@@ -206,14 +223,21 @@ class FeatureDataset(Dataset):
         lo, hi = self.event[i]
         return [max(lo, k - 1), k, min(hi, k + 1)]
 
+    def frames_at(self, i: int, seconds: Sequence[int]) -> np.ndarray:
+        """Row ``i``'s stored-size frames [n, H, W, 3] uint8 of ``seconds``, cropped where the row has boxes."""
+        lo, hi = min(seconds), max(seconds)
+        block = open_h5(self.sources[i])["frames"][lo : hi + 1]  # one contiguous read
+        frames = block[[s - lo for s in seconds]]
+        crop = self.crops.get(i)
+        return frames if crop is None else crop_frames(frames, seconds, *crop)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = item if isinstance(item, tuple | list) else (int(item), None)
         i, k = self.samples[index]
         seconds = self.seconds_for(index)
-        f = open_h5(self.paths[i])
+        f = open_h5(self.sources[i])
         lo, hi = min(seconds), max(seconds)
-        block = f["frames"][lo : hi + 1]  # one contiguous read
-        frames = resize_frames(block[[s - lo for s in seconds]], self.input_size)
+        frames = resize_frames(self.frames_at(i, seconds), self.input_size)
         jitter = jitter_factors(aug_seed) if self.train and aug_seed is not None else NO_JITTER
         out: dict[str, Any] = {"label": int(self.rows[i].category_id), "row": i, "second": k,
                                "jitter": torch.tensor(jitter, dtype=torch.float32)}

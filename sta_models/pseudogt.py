@@ -34,10 +34,12 @@ import numpy as np
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import CamFile, read_cam_file
 from sta_models.config import PseudoGTConfig
+from sta_models.crop_files import crop_frames, is_box_file, source_features, write_crop_file
 from sta_models.jsonio import write_json_atomic
 
 BOX_SOURCES = {0: "not in event", 1: "fused selected branches", 2: "average of unselected CAMs", 3: "full frame"}
 PREVIEWS_PER_ROW = 3
+PREVIEW_ROWS = 32  # rows per stage that get previews: a sample to look at, not 3 PNGs for each of 4,143 rows
 ST_MIN_EVENT = 3  # the ST branch skips events shorter than this (SPEC §3)
 
 
@@ -272,25 +274,6 @@ def smooth_boxes(boxes: np.ndarray, in_event: np.ndarray) -> np.ndarray:
     return np.where(ev[:, None], smoothed, b).astype(np.int32)
 
 
-def crop_resize(frames: np.ndarray, boxes: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Crop each frame [T, H, W, C] to its box and resize back to ``size`` (default H×W)."""
-    t, h, w = frames.shape[:3]
-    oh, ow = size or (h, w)
-    out = np.empty((t, oh, ow) + frames.shape[3:], dtype=frames.dtype)
-    for i in range(t):  # one cv2 call per frame; the pixels are handled inside OpenCV
-        y0, x0, y1, x1 = (int(v) for v in boxes[i])
-        out[i] = cv2.resize(frames[i, y0:y1, x0:x1], (ow, oh), interpolation=cv2.INTER_LINEAR)
-    return out
-
-
-def _crop_resize_inplace(frames: np.ndarray, index: Iterable[int], boxes: np.ndarray) -> None:
-    """``frames[i]`` ← its box crop resized back to H×W, for each ``i`` of ``index`` (as :func:`crop_resize`)."""
-    h, w = frames.shape[1:3]
-    for i, box in zip(index, boxes, strict=True):
-        y0, x0, y1, x1 = (int(v) for v in box)
-        frames[i] = cv2.resize(frames[i, y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def paste_map(cam: np.ndarray, box: Sequence[int], out: np.ndarray) -> np.ndarray:
     """The 2-D map ``cam`` resized to ``box`` inside ``out`` (float32, zeroed first)."""
     out.fill(0.0)
@@ -403,6 +386,8 @@ class _Gathered:
         if c is None or self.index[b, j] < 0:
             raise KeyError(f"branch {self.names[b]} has no CAM for event second {j}")
         src = c.cams[self.index[b, j]]
+        if src.dtype == np.float32:  # format 2, upsampled into the row's buffer: used as it is
+            return src
         return to_float32(src, out=scratch.get(f"cam{b}", src.shape))
 
     def map_at(self, b: int, j: int, size: tuple[int, int], scratch: _Scratch) -> np.ndarray:
@@ -426,8 +411,8 @@ def _gather(cam_dirs: Mapping[str, Path], row: RowLike, seconds: np.ndarray,
     g = _Gathered(names, {}, np.full(shape, -1, np.int64), np.zeros(shape, np.float32),
                   np.zeros(shape, bool), np.zeros(shape, bool))
     for b, name in enumerate(names):
-        alloc = None if scratch is None else (lambda shp, b=b: scratch.leading(f"file{b}", shp, np.float16))
-        c = g.loaded[name] = read_cam_file(Path(cam_dirs[name]) / f"{row.key}.h5", alloc)
+        alloc = None if scratch is None else (lambda shp, dt, b=b: scratch.leading(f"file{b}", shp, dt))
+        c = g.loaded[name] = read_cam_file(Path(cam_dirs[name]) / f"{row.key}.h5", alloc, np.float32)
         if c is None:
             continue
         pos = {int(s): i for i, s in enumerate(c.seconds)}
@@ -483,19 +468,28 @@ def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
     return boxes, alpha, source
 
 
+def _crop_preview(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """The frame with its box drawn, next to the crop the fine stage trains on (BGR uint8)."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    left = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    cv2.rectangle(left, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), (255, 255, 255), 2)
+    return cv2.hconcat([left, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)])
+
+
 def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out_dir: Path,
-              cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
-    """Write one row's crop file; its summary, or None when its feature file is missing."""
+              cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
+    """Write one row's crop file (boxes) and previews; its summary, or None when its feature file is missing."""
     feat = Path(feature_dir) / f"{row.video_id}.h5"
     if not feat.exists():
         return None
     with h5py.File(feat, "r") as f:
-        frames = f["frames"][()]
-        audio = f["audio"][()]
+        t, h, w = f["frames"].shape[:3]
         audio_valid = f["audio_valid"][()]
         attrs = dict(f.attrs)
-    t, h, w = frames.shape[:3]
-    secs = _event_seconds(row, t)
+        secs = _event_seconds(row, t)
+        step = max(1, len(secs) // PREVIEWS_PER_ROW)
+        shown = [int(s) for s in secs[::step][:PREVIEWS_PER_ROW]] if preview else []
+        frames = np.stack([f["frames"][s] for s in shown]) if shown else None  # previews only
     ev_boxes, ev_alpha, source = _coarse_boxes(_gather(cam_dirs, row, secs, scratch), (h, w), cfg, scratch)
 
     boxes = np.tile(np.array([0, 0, h, w], np.int32), (t, 1))
@@ -507,25 +501,15 @@ def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out
     box_source[secs] = source
     alpha = np.full(t, np.nan, np.float32)
     alpha[secs] = ev_alpha
-    crops = frames  # read for this row only: event seconds are cropped in place
-    _crop_resize_inplace(crops, secs, boxes[secs])
-
-    def write(f: h5py.File) -> None:
-        chunked = len(crops) > 0  # per-second chunks, like the extraction's files
-        f.create_dataset("frames", data=crops, chunks=(1, *crops.shape[1:]) if chunked else None)
-        f.create_dataset("audio", data=audio, chunks=(1, *audio.shape[1:]) if chunked else None)
-        f.create_dataset("audio_valid", data=audio_valid)
-        f.create_dataset("boxes", data=boxes)
-        f.create_dataset("has_box", data=in_event)
-        f.create_dataset("box_source", data=box_source)
-        f.create_dataset("box_alpha", data=alpha)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        f.attrs["row_key"] = row.key
-        f.attrs["category_id"] = int(row.category_id)
-        f.attrs["box_sources"] = json.dumps(BOX_SOURCES)
-
-    _write_h5_atomic(Path(out_dir) / f"{row.key}.h5", write)
+    attrs.update(row_key=row.key, category_id=int(row.category_id), box_sources=json.dumps(BOX_SOURCES),
+                 n_frames=t, height=h, width=w)
+    write_crop_file(Path(out_dir) / f"{row.key}.h5", feat, {"boxes": boxes, "has_box": in_event,
+                    "box_source": box_source, "box_alpha": alpha, "audio_valid": audio_valid}, attrs)
+    if frames is not None:
+        crops = crop_frames(frames, shown, boxes, in_event)
+        for k, s in enumerate(shown):
+            cv2.imwrite(str(Path(out_dir) / "previews" / f"{row.key}_s{s:03d}.png"),
+                        _crop_preview(frames[k].copy(), boxes[s], crops[k]))
     counts = Counter(BOX_SOURCES[int(s)] for s in source)
     return {"event_seconds": [int(s) for s in secs], "box_sources": dict(counts)}
 
@@ -538,23 +522,24 @@ def coarse_boxes_and_crops(
     cfg: PseudoGTConfig | None = None,
     callbacks: Callbacks = NO_CALLBACKS,
 ) -> dict[str, Any]:
-    """Fuse the coarse CAMs, box and smooth, and write one crop feature file per row.
+    """Fuse the coarse CAMs, box and smooth, and write one crop file per row.
 
-    Output ``out_dir/<row.key>.h5`` has the feature file's layout (``frames`` [T,H,W,3] with event
-    seconds cropped to their box and resized to H×W, ``audio``, ``audio_valid``, its attributes)
-    plus ``boxes`` [T,4] int32, ``has_box`` [T] bool, ``box_source`` [T] uint8 (``BOX_SOURCES``)
-    and ``box_alpha`` [T] float32 (NaN = fallback or no box). Returns a summary dict.
+    Output ``out_dir/<row.key>.h5`` (``sta_models.crop_files``, format 2): ``boxes`` [T,4] int32,
+    ``has_box`` [T] bool, ``box_source`` [T] uint8 (``BOX_SOURCES``), ``box_alpha`` [T] float32
+    (NaN = fallback or no box), ``audio_valid`` and the feature file's attributes; the event
+    seconds' frames are cropped to their box and resized to H×W when read (``FeatureDataset``).
+    ``out_dir/previews/<row.key>_s<sec>.png``: frame with its box next to the crop. Returns a summary dict.
     """
     cfg = cfg or PseudoGTConfig()
     rows = list(rows)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "previews").mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"rows": len(rows), "written": 0, "missing_features": [], "box_sources": Counter()}
     per_row: dict[str, Any] = {}
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch)
+        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch, summary["written"] < PREVIEW_ROWS)
         if res is None:
             summary["missing_features"].append(row.key)
             callbacks.log(f"crops: {row.key}: no feature file {row.video_id}.h5, skipped")
@@ -628,7 +613,7 @@ def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[in
 
 
 def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, out_dir: Path,
-                   cfg: PseudoGTConfig, scratch: _Scratch) -> dict[str, Any] | None:
+                   cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
     """Write one row's pseudo-GT file and previews; its report entry, or None without a crop file."""
     crop = Path(crop_dir) / f"{row.key}.h5"
     if not crop.exists():
@@ -636,15 +621,24 @@ def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, o
     with h5py.File(crop, "r") as f:
         boxes_all = np.asarray(f["boxes"][()], np.int32)
         audio_valid = np.asarray(f["audio_valid"][()], bool)
-        t, h, w = f["frames"].shape[:3]
+        has_box = np.asarray(f["has_box"][()], bool)
+        box_file = is_box_file(f)
+        t, h, w = ((int(f.attrs["n_frames"]), int(f.attrs["height"]), int(f.attrs["width"])) if box_file
+                   else f["frames"].shape[:3])
         secs = _event_seconds(row, t)
         g = _gather(cam_dirs, row, secs, scratch)
         has = g.selected.any(axis=0)
         keep = np.flatnonzero(has)
         out_secs = secs[keep]
         step = max(1, len(keep) // PREVIEWS_PER_ROW)
-        shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW]  # previews: only these frames are read
-        frames = [f["frames"][int(out_secs[i])] for i in shown]  # one read each (h5py point lists are slow)
+        shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW] if preview else []  # only these frames are read
+        picked = [int(out_secs[i]) for i in shown]
+        if box_file:
+            with h5py.File(source_features(crop, f), "r") as src:
+                frames = crop_frames(np.stack([src["frames"][s] for s in picked]), picked, boxes_all, has_box) \
+                    if picked else []
+        else:
+            frames = [f["frames"][s] for s in picked]  # one read each (h5py point lists are slow)
     gt = _fine_maps(g, keep, boxes_all[secs], (h, w), out_secs, cfg, scratch)
 
     def write(f: h5py.File) -> None:
@@ -688,7 +682,7 @@ def fuse_pseudo_gt(
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch)
+        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch, len(report["rows"]) < PREVIEW_ROWS)
         if res is None:
             report["missing_crops"].append(row.key)
             report["rows"][row.key] = {"seconds": [], "without": {}, "error": "no crop file"}

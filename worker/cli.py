@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "sta_models.commands.evaluate",  # evaluate
     "sta_models.commands.predict",  # predict
     "worker.commands",  # up, run, worker, db
+    "worker.disk_commands",  # gc
     "dashboard.commands",  # dashboard, submit, status, rerun, cancel
 )
 

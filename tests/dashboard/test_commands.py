@@ -14,6 +14,7 @@ from worker.cli import main
 from worker.settings import Settings
 
 from .conftest import TOKEN, make_pipeline, stage_of
+from .test_disk import write_dataset
 
 
 @pytest.fixture
@@ -148,3 +149,11 @@ def test_stapipe_dashboard_serves_and_prints_its_generated_token(tmp_path) -> No
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=10)[0].decode()
     assert f"login token (generated in {tmp_path / 'home' / 'dashboard_token'}): {token}" in out
+
+
+def test_submit_prints_the_estimate_first(server: str, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write_dataset(settings)
+    assert run(server, "submit", "--dataset", "ave-synth", "--preset", "tiny") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("disk estimate: ") and "for 12 videos (" in out[0] and "largest: train_" in out[0]
+    assert out[1].startswith("submitted pipeline 1 ")

@@ -10,7 +10,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from sta_models.cam_files import read_cam_file
 from sta_models.cams import compute_cams
 from sta_models.config import TrainConfig
 from sta_models.networks import build_branch
@@ -46,13 +48,17 @@ def test_cam_files_format(tmp_path: Path, kind: str) -> None:
         assert not (out / "a.c03.h5").exists()
         del expected["a.c03"]
     for key, seconds in expected.items():
+        read = read_cam_file(out / f"{key}.h5")
+        assert read is not None
         with h5py.File(out / f"{key}.h5", "r") as f:
             n = len(seconds)
-            assert f["cams"].dtype == np.float16 and f["cams"].shape == (n, 40, 40)
+            assert f["cams_native"].dtype == np.float16 and f["cams_native"].shape[0] == n
+            assert f["cams_native"].shape[1] <= 2 and f.attrs["cam_format"] == 2  # class maps of 32 px input
+            assert read.cams.dtype == np.float16 and read.cams.shape == (n, 40, 40)
             assert f["seconds"].dtype == np.int32 and f["seconds"][()].tolist() == seconds
             for name in ("pred_class", "pred_prob", "true_prob"):
                 assert f[name].shape == (n,)
-            cams = f["cams"][()].astype(np.float32)
+            cams = read.cams.astype(np.float32)
             # divided by (max + 1e-8): 1 for a real map; below 1 only for near-zero untrained maps
             peak = cams.reshape(n, -1).max(1)
             assert cams.min() >= 0 and peak.max() <= 1.0 + 1e-3
@@ -104,8 +110,9 @@ def test_s_cams_find_the_sounding_object(synth_root: Path, synth_features: Path,
     assert summary.accuracy >= 0.8
     wide, core, hits, areas = [], [], [], []
     for row in rows:
-        with h5py.File(tmp_path / "cams" / f"{row.key}.h5", "r") as f:
-            cams, seconds = f["cams"][()].astype(np.float32), f["seconds"][()]
+        read = read_cam_file(tmp_path / "cams" / f"{row.key}.h5")
+        assert read is not None
+        cams, seconds = read.cams.astype(np.float32), read.seconds
         for cam, k in zip(cams, seconds, strict=True):
             gt_path = synth_root / "annotations" / row.video_id / "maps" / f"eyeMap_{k + 1:05d}.jpg"
             gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE).astype(np.float32)
@@ -118,3 +125,67 @@ def test_s_cams_find_the_sounding_object(synth_root: Path, synth_features: Path,
     assert np.mean(hits) >= 0.8
     assert np.mean(wide) >= 0.55 and np.mean(wide) > 1.25 * np.mean(areas)  # most of the mass
     assert np.mean(core) >= 0.42
+
+
+def _format1_cams(kind: str, checkpoint: Path, rows: list, feat: Path, canvas: int) -> dict[str, np.ndarray]:
+    """Today's (format 1) maps, by the code that wrote them until commit 90669a6: the true-class
+    CAM resized to the canvas on the device, divided by its max + 1e-8, float16."""
+    from torch.utils.data import DataLoader
+
+    from sta_models.datasets import FeatureDataset, prepare_batch
+    from sta_models.networks.branches import run_branch
+    from sta_models.trainer import load_checkpoint
+    from sta_models.training import load_branch
+
+    def normalised_cam(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        idx = labels.view(-1, 1, 1, 1).expand(-1, 1, *cam.shape[-2:])
+        m = cam.float().gather(1, idx)
+        m = F.interpolate(m, size=(canvas, canvas), mode="bilinear", align_corners=False).clamp_min_(0)[:, 0]
+        return m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-8)
+
+    ckpt = load_checkpoint(checkpoint)
+    model = load_branch(ckpt, torch.device("cpu"))
+    ds = FeatureDataset(rows, feat, kind, int(ckpt["meta"]["input_size"]), skip_invalid_audio=False)  # type: ignore[arg-type]
+    out: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for raw in DataLoader(ds, batch_size=4):
+            batch = prepare_batch(raw, torch.device("cpu"))
+            maps = normalised_cam(run_branch(model, batch).cam(), batch["label"]).half().numpy()
+            for j, i in enumerate(raw["row"].tolist()):
+                out.setdefault(rows[i].key, []).append(maps[j])
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("kind", ["s", "st"])
+def test_native_cam_files_read_back_todays_maps(tmp_path: Path, kind: str) -> None:
+    """Format 2 read back = format 1's canvas maps to float16 rounding, at the paper's sizes
+    (input 256, fine canvas 356), from a fraction of the bytes; format 1 files still read."""
+    feat = tmp_path / "feat"
+    feat.mkdir()
+    write_features(feat / "a.h5", 1, seconds=5, size=64)
+    write_features(feat / "b.h5", 2, seconds=4, size=64, seed=3)
+    rows = [make_row("a", 1, 0, 5), make_row("b", 2, 0, 4)]
+    ckpt = _checkpoint(tmp_path, kind, size=256)
+    out = tmp_path / "cams"
+    compute_cams(kind, ckpt, rows, feat, out, canvas=356, batch_size=4, previews_per_row=1)
+    today = _format1_cams(kind, ckpt, rows, feat, 356)
+    for row in rows:
+        new = read_cam_file(out / f"{row.key}.h5")
+        assert new is not None and new.cams.shape == today[row.key].shape
+        diff = np.abs(new.cams.astype(np.float32) - today[row.key].astype(np.float32))
+        # float16 spacing is ≤ 2^-11 in [0.5, 1]: the stored native map and the read map each round once
+        assert diff.max() <= 2 ** -10, diff.max()
+        assert np.mean(diff) < 2e-4
+        with h5py.File(out / f"{row.key}.h5") as f:
+            native = f["cams_native"]
+            assert native.shape[1] == native.shape[2] <= 16  # the class-map grid of a 256 px input
+            assert 356**2 / np.prod(native.shape[1:]) >= 495  # data bytes per second
+        old = tmp_path / "format1" / f"{row.key}.h5"  # a file as today's writer left it
+        old.parent.mkdir(exist_ok=True)
+        with h5py.File(old, "w") as f:
+            f["cams"] = today[row.key]
+            for name in ("seconds", "pred_class", "true_prob"):
+                f[name] = getattr(new, name)
+        back = read_cam_file(old)
+        assert back is not None
+        np.testing.assert_array_equal(back.cams, today[row.key])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
-
+from sta_models.cam_files import read_cam_file
 from worker.cli import main
 
 
@@ -26,8 +25,8 @@ def test_train_branch_then_cams(synth_root: Path, synth_features: Path, tmp_path
     assert rc == 0
     files = sorted(cams.glob("*.h5"))
     assert len(files) == 3  # one val video per class
-    with h5py.File(files[0], "r") as f:
-        assert f["cams"].shape[1:] == (24, 24)
+    read = read_cam_file(files[0])
+    assert read is not None and read.cams.shape[1:] == (24, 24)
 
 
 def test_bad_options_are_one_line_errors(tmp_path: Path, capsys) -> None:

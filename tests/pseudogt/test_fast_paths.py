@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 
@@ -72,7 +73,8 @@ def _cams(path: Path, cams: np.ndarray, seconds: list[int], pred: list[int]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     prob = np.linspace(0.5, 0.9, len(seconds)).astype(np.float32)
     write_cam_file(path, {"cams": list(cams), "seconds": seconds, "pred_class": pred,
-                          "pred_prob": np.full(len(seconds), 0.8, np.float32), "true_prob": prob}, {})
+                          "pred_prob": np.full(len(seconds), 0.8, np.float32), "true_prob": prob},
+                   {"canvas": cams.shape[-1]})
 
 
 def _spec_fusion(maps: np.ndarray, probs: np.ndarray, eps: float = 1e-4) -> np.ndarray:
@@ -111,21 +113,26 @@ def test_sparsify_keeps_pixels_equal_to_the_threshold() -> None:
     np.testing.assert_array_equal(P.sparsify(m, 1.01), [[[0, 0, 0, 1]]])
 
 
-def test_cam_files_are_uncompressed_per_second_chunks(tmp_path: Path) -> None:
-    cams = np.random.default_rng(4).random((3, 12, 12)).astype(np.float32)
+def test_cam_files_keep_native_maps_and_read_back_at_the_canvas(tmp_path: Path) -> None:
+    cams = np.random.default_rng(4).random((3, 6, 6)).astype(np.float32) * 7
     path = tmp_path / "r.h5"
     write_cam_file(path, {"cams": list(cams), "seconds": [4, 5, 6], "pred_class": [1, 2, 3],
-                          "pred_prob": [0.5] * 3, "true_prob": [0.25, 0.5, 0.75]}, {"branch": "s"})
+                          "pred_prob": [0.5] * 3, "true_prob": [0.25, 0.5, 0.75]}, {"branch": "s", "canvas": 20})
     with h5py.File(path) as f:
-        assert f["cams"].chunks == (1, 12, 12) and f["cams"].compression is None
-        assert f["cams"].dtype == np.float16 and f.attrs["branch"] == "s"
-    buf = np.zeros((5, 12, 12), np.float16)
-    got = read_cam_file(path, alloc=lambda shape: buf[: shape[0]])
+        assert f["cams_native"].shape == (3, 6, 6) and f["cams_native"].dtype == np.float16
+        assert f.attrs["cam_format"] == 2 and f.attrs["branch"] == "s" and "cams" not in f
+    buf = np.zeros((5, 20, 20), np.float16)
+    got = read_cam_file(path, alloc=lambda shape, dtype: buf[: shape[0]])
     assert got is not None and np.shares_memory(got.cams, buf)
-    np.testing.assert_array_equal(got.cams, cams.astype(np.float16))
+    up = np.stack([cv2.resize(c, (20, 20), interpolation=cv2.INTER_LINEAR) for c in cams])
+    want = up / (up.reshape(3, -1).max(1)[:, None, None] + 1e-8)
+    np.testing.assert_allclose(got.cams.astype(np.float32), want, atol=1e-3)  # float16 rounding
     assert got.seconds.tolist() == [4, 5, 6] and got.pred_class.tolist() == [1, 2, 3]
     np.testing.assert_array_equal(got.true_prob, np.float32([0.25, 0.5, 0.75]))
     np.testing.assert_array_equal(read_cam_file(path).cams, got.cams)
+    f32 = read_cam_file(path, dtype=np.float32).cams  # unrounded: what the pseudo-GT stages read
+    assert f32.dtype == np.float32 and np.abs(f32 - want).max() < 1e-3
+    np.testing.assert_array_equal(f32.astype(np.float16), got.cams)
     assert read_cam_file(tmp_path / "missing.h5") is None
     assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left
 
@@ -136,8 +143,9 @@ def _reference_pseudo_gt(coarse: Path, fine: Path, frames: np.ndarray, row: Anno
     def load(root: Path) -> dict[str, tuple]:
         out = {}
         for b in ("s", "sa", "st"):
-            with h5py.File(root / b / f"{row.key}.h5") as f:
-                out[b] = (f["cams"][()].astype(np.float32), f["pred_class"][()], f["true_prob"][()])
+            c = read_cam_file(root / b / f"{row.key}.h5")
+            assert c is not None
+            out[b] = (c.cams.astype(np.float32), c.pred_class, c.true_prob)
         return out
 
     h, w = frames.shape[1:3]

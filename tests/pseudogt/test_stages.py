@@ -8,10 +8,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from sta_models import pseudogt as P
 from sta_models.ave import AnnotationRow
 from sta_models.config import PseudoGTConfig
+from sta_models.datasets import FeatureDataset
 
 ROW = AnnotationRow(category="Bark", category_id=2, video_id="vid", start=1, end=5, line=2)
 H = W = 64
@@ -58,16 +60,22 @@ def test_coarse_boxes_and_crops(coarse: dict[str, Path], tmp_path: Path) -> None
     assert summary["written"] == 1
     assert summary["box_sources"] == {"fused selected branches": 3, "average of unselected CAMs": 1}
     with h5py.File(out / f"{ROW.key}.h5", "r") as f:
-        assert f["frames"].shape == (6, H, W, 3) and f["frames"].dtype == np.uint8
-        frames, boxes = f["frames"][()], f["boxes"][()]
+        assert "frames" not in f and "audio" not in f and f.attrs["crop_format"] == 2  # boxes, not pixels
+        assert f.attrs["n_frames"] == 6 and f.attrs["features"] == "../features/vid.h5"
+        boxes = f["boxes"][()]
         assert boxes.dtype == np.int32
         np.testing.assert_array_equal(boxes[1:5], [BOX] * 4)
         np.testing.assert_array_equal(boxes[[0, 5]], [[0, 0, H, W]] * 2)
         np.testing.assert_array_equal(f["has_box"][()], [0, 1, 1, 1, 1, 0])
         np.testing.assert_array_equal(f["box_source"][()], [0, 1, 1, 1, 2, 0])
         np.testing.assert_array_equal(f["audio_valid"][()], [1, 1, 1, 0, 1, 1])
-        np.testing.assert_array_equal(f["audio"][()], np.arange(6 * 81 * 199).reshape(6, 81, 199))
         assert f.attrs["video_id"] == "vid" and f.attrs["fps"] == 25.0 and f.attrs["row_key"] == ROW.key
+    ds = FeatureDataset([ROW], out, "sa", H, skip_invalid_audio=False)  # how the fine stage reads them
+    frames = ds.frames_at(0, list(range(6)))
+    item = ds[2]  # second 3
+    assert item["second"] == 3 and torch.equal(item["image"], torch.from_numpy(frames[3]).permute(2, 0, 1))
+    np.testing.assert_array_equal(item["audio"][0].numpy(), np.arange(3 * 81 * 199, 4 * 81 * 199).reshape(81, 199))
+    assert sorted(p.name for p in (out / "previews").glob("*.png")) == [f"{ROW.key}_s{s:03d}.png" for s in (1, 2, 3)]
     # event seconds: the crop is the red object stretched to the whole frame; others untouched
     np.testing.assert_array_equal(frames[1:5, ..., 0], 255)
     np.testing.assert_array_equal(frames[1:5, ..., 1:], 0)

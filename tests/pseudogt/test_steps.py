@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sta_models import pseudogt as P
+from sta_models.crop_files import crop_resize
 
 
 def test_minmax_per_map_and_constant_maps() -> None:
@@ -127,7 +128,7 @@ def test_crop_resize_returns_the_box_content_at_full_size() -> None:
     frames[:, 10:20, 5:30] = (255, 0, 0)
     grad = np.tile(np.arange(50, dtype=np.uint8), (40, 1))
     frames[1, ..., 1] = grad
-    out = P.crop_resize(frames, np.array([[10, 5, 20, 30], [0, 10, 40, 20]]))
+    out = crop_resize(frames, np.array([[10, 5, 20, 30], [0, 10, 40, 20]]))
     assert out.shape == (2, 40, 50, 3)
     np.testing.assert_array_equal(out[0, ..., 0], 255)
     np.testing.assert_array_equal(out[0, ..., 1:], 0)
