@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     dashboard_host: str = Field("127.0.0.1", description="address `stapipe up` serves the dashboard on")
     dashboard_port: int = Field(8000, ge=1, le=65535, description="port `stapipe up` serves the dashboard on")
     secure_cookies: bool = Field(False, description="mark session cookies Secure (set behind HTTPS)")
+    db_outage_s: float = Field(
+        120.0, ge=1.0, le=86400.0,
+        description="how long a stage retries transient database errors before handing itself back to the queue",
+    )
     recovery_interval_s: float = Field(
         30.0, ge=1.0, le=3600.0,
         description="how often each worker re-queues stages of dead workers and re-sends lost messages",

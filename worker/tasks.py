@@ -22,6 +22,7 @@ from sqlalchemy import select
 import worker.maintenance  # noqa: F401  (registers the recovery signals)
 from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
+from db.transient import DatabaseUnavailable, retry
 from sta_models.jsonio import finite_json
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.faults import maybe_inject
@@ -222,8 +223,11 @@ BODIES: dict[str, Callable[[StageContext], None]] = {
 
 def _before(ctx: StageContext) -> None:
     """Test-only fault hook (STAPIPE_FAULTS, see worker.faults) before the library is called."""
-    with session_scope(ctx.url) as s:
-        attempts = s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
+    def read() -> int:
+        with session_scope(ctx.url) as s:
+            return s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
+
+    attempts = retry(read, "reading the attempt count", ctx.outage_s)
     maybe_inject(ctx.kind, attempts, ctx.callbacks)
 
 
@@ -235,12 +239,20 @@ def _before(ctx: StageContext) -> None:
 def run_stage(self: Any, stage_id: int) -> str:
     """Run one stage; the message's task id is the stage's claim token."""
     settings = get_settings()
-    with session_scope(settings.db_url) as s:
-        kind = s.scalar(select(Stage.kind).where(Stage.id == stage_id))
-    if kind is None:
-        return "dropped"
-    return execute_stage(settings.db_url, stage_id, self.request.id, _host(self), settings.max_attempts,
-                         BODIES[kind], before=_before)
+
+    def read_kind() -> str | None:
+        with session_scope(settings.db_url) as s:
+            return s.scalar(select(Stage.kind).where(Stage.id == stage_id))
+
+    try:
+        kind = retry(read_kind, f"reading stage {stage_id}", settings.db_outage_s)
+        if kind is None:
+            return "dropped"
+        return execute_stage(settings.db_url, stage_id, self.request.id, _host(self), settings.max_attempts,
+                             BODIES[kind], before=_before, outage_s=settings.db_outage_s)
+    except DatabaseUnavailable as exc:  # not claimed yet: the same message (same token) comes back later
+        log.warning("stage %s: %s; message re-sent", stage_id, exc)
+        raise self.retry(countdown=settings.recovery_interval_s, max_retries=None) from exc
 
 
 @app.task(name=TASK_ITEM, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
