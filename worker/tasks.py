@@ -92,6 +92,19 @@ def _jsonable(obj: Any) -> Any:
 # stage bodies
 
 
+def _source_changed(ctx: StageContext, item: ExtractionItem) -> bool:
+    """Whether a succeeded item must be extracted again: its output is gone, or its video's inode
+    changed (ctime: replaced, rewritten, renamed into place — touching it counts too) after the output
+    was written. A false alarm costs one hash: ``extract_video`` keeps an output made from the
+    same bytes (``source_sha256``)."""
+    out = Path(item.output_path) if item.output_path else None
+    video = ctx.dataset_root / "AVE" / f"{item.video_id}.mp4"
+    try:
+        return out is None or video.stat().st_ctime_ns > out.stat().st_mtime_ns
+    except OSError:  # output or video missing: extract again (a missing video fails with its reason)
+        return True
+
+
 def body_extract(ctx: StageContext) -> None:
     """Fan out: one item row + one ``extract_item`` task per video; the last item finishes the stage."""
     ds = _dataset(ctx)
@@ -100,11 +113,15 @@ def body_extract(ctx: StageContext) -> None:
     video_ids = sorted({r.video_id for r in ds.rows})
     with session_scope(ctx.url) as s:
         have = {i.video_id: i for i in s.scalars(select(ExtractionItem).where(ExtractionItem.stage_id == ctx.stage_id))}
-        for item in have.values():  # a re-run or redelivered fan-out: re-queue what is not final
-            if item.status in (ItemStatus.PENDING, ItemStatus.QUEUED, ItemStatus.RUNNING):
-                item.status = ItemStatus.QUEUED
-                item.celery_task_id = uuid.uuid4().hex
-                item.updated_at = utcnow()
+        redo = 0
+        for item in have.values():  # a re-run or redelivered fan-out: re-queue what is not done
+            if item.status == ItemStatus.SUCCEEDED and not _source_changed(ctx, item):
+                continue
+            redo += item.status in (ItemStatus.SUCCEEDED, ItemStatus.FAILED)
+            item.status = ItemStatus.QUEUED
+            item.reason = None
+            item.celery_task_id = uuid.uuid4().hex
+            item.updated_at = utcnow()
         # new items are inserted already queued with their token: one batched INSERT, no UPDATEs
         new = [ExtractionItem(stage_id=ctx.stage_id, pipeline_id=ctx.pipeline_id, video_id=vid,
                               status=ItemStatus.QUEUED, celery_task_id=uuid.uuid4().hex, updated_at=utcnow())
@@ -114,7 +131,8 @@ def body_extract(ctx: StageContext) -> None:
         messages = [(item.id, item.celery_task_id or "") for item in [*have.values(), *new]
                     if item.status == ItemStatus.QUEUED]
         update_extract_progress(s, ctx.stage_id)
-    ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do) at size {ctx.config.extract.size}")
+    ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do, {redo} of them failed before "
+                      f"or changed since) at size {ctx.config.extract.size}")
     from worker.orchestration import _send_all
 
     _send_all(("item", item_id, "cpu", token) for item_id, token in messages)

@@ -202,3 +202,48 @@ def test_long_outage_hands_the_stage_back(db: tuple[str, Path], dispatched) -> N
         assert claim_stage(s, stage_id, token, "w@test", 3) is None  # the old message is stale
         again = claim_stage(s, stage_id, new_token, "w@test", 3)
         assert again is not None and again.attempts == 2  # it counted as an attempt
+
+
+@pytest.mark.slow
+def test_real_worker_training_survives_terminated_connections(
+        home: Path, pg_url: str, synth_root: Path, worker_procs_factory) -> None:  # noqa: ANN001
+    """A real ``stapipe worker`` (PostgreSQL, filesystem broker) trains a branch while every
+    connection to its database is terminated every 0.3 s: the stage succeeds in one attempt."""
+    from .conftest import stack_env, wait_until
+
+    upgrade(pg_url)
+    cfg = preset("tiny").model_dump(mode="json")
+    for b in ("s", "sa", "st"):
+        cfg["coarse"][b]["epochs"] = 1
+    cfg["coarse"]["s"]["epochs"] = 3
+    with session_scope(pg_url) as s:
+        pid = orch.submit_pipeline(s, name="blips", dataset_root=synth_root, config=cfg, submitted_by="test").id
+    workers = worker_procs_factory(stack_env(home, pg_url, None, STAPIPE_RECOVERY_INTERVAL_S="2"))
+    workers.start("w1", concurrency=1)
+
+    def stage(kind: str) -> Stage | None:
+        try:
+            with session_scope(pg_url) as s:
+                return s.scalars(select(Stage).where(Stage.pipeline_id == pid, Stage.kind == kind)).one()
+        except Exception as exc:  # our own reads are hit by the terminator too
+            if is_transient(exc):
+                return None
+            raise
+
+    try:
+        wait_until(lambda: (st := stage("train_s_coarse")) is not None and st.status == "running", 300, 0.5,
+                   "train_s_coarse to start")
+        with Terminator(pg_url, interval=0.3) as term:
+            wait_until(lambda: (st := stage("train_s_coarse")) is not None and st.status not in ("queued", "running"),
+                       300, 0.5, "train_s_coarse to finish")
+        st = stage("train_s_coarse")
+        assert st is not None
+        print(workers.log("w1"))
+        assert term.killed >= 3, term.killed
+        assert st.status == "succeeded", (st.status, st.error_summary)
+        assert st.attempts == 1
+        assert _epochs(pg_url, st.id) == [1, 2, 3]
+    finally:
+        with session_scope(pg_url) as s:
+            orch.cancel_pipeline(s, pid)
+        workers.stop_all()
