@@ -104,6 +104,8 @@ def _safe_next(target: str | None) -> str:
     """Only same-site relative paths, so the login form is no open redirect."""
     if not target:
         return url_for("pages.pipelines")
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):  # CR/LF would split the Location header
+        return url_for("pages.pipelines")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return url_for("pages.pipelines")

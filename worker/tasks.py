@@ -25,6 +25,7 @@ from db.session import dispose_engines, session_scope
 from db.transient import DatabaseUnavailable, retry
 from sta_models.jsonio import finite_json
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
+from worker.devices import check_stage_devices
 from worker.faults import maybe_inject
 from worker.logs import append_line
 from worker.settings import get_settings
@@ -240,12 +241,14 @@ BODIES: dict[str, Callable[[StageContext], None]] = {
 
 
 def _before(ctx: StageContext) -> None:
-    """Test-only fault hook (STAPIPE_FAULTS, see worker.faults) before the library is called."""
+    """Before the library is called: the test-only fault hook (STAPIPE_FAULTS, see worker.faults),
+    then the stage's device names against this worker's GPUs."""
     def read() -> int:
         with session_scope(ctx.url) as s:
             return s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
 
     attempts = retry(read, "reading the attempt count", ctx.outage_s)
+    check_stage_devices(ctx.kind, ctx.config, ctx.host)
     maybe_inject(ctx.kind, attempts, ctx.callbacks)
 
 
