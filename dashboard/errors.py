@@ -49,6 +49,9 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     headers = {}
     if exc.code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="stapipe"'
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
     if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     return _respond(
