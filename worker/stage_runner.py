@@ -54,8 +54,21 @@ class FanOut(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 480) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    text = relative_paths(f"{type(exc).__name__}: {exc}").strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def relative_paths(text: str) -> str:
+    """``text`` with the data, artefact and log roots cut off the paths in it: error summaries and
+    failed-item reasons are shown on the dashboard, which must not reveal the server's layout."""
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    roots = sorted({str(r) for r in (settings.data_dir, settings.artefact_dir, settings.log_dir)}, key=len,
+                   reverse=True)
+    for root in roots:
+        text = text.replace(root.rstrip("/") + "/", "")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from worker.stage_runner import (
     finish_extract_if_done,
     finish_item,
     one_line,
+    relative_paths,
     sha256_file,
     update_extract_progress,
 )
@@ -301,7 +302,7 @@ def extract_item(self: Any, item_id: int) -> str:
 
             extract_video(job.video, job.out, size=job.size, video_id=job.video_id)
         except Exception as exc:  # every failure is a per-video reason; the stage decides later
-            status, reason = ItemStatus.FAILED, (str(exc).strip().splitlines() or [one_line(exc)])[0][:500]
+            status, reason = ItemStatus.FAILED, (relative_paths(str(exc)).strip().splitlines() or [one_line(exc)])[0][:500]
     seconds = time.perf_counter() - t0
     if status == ItemStatus.SUCCEEDED and not job.skip:
         try:  # hashed here, outside the result transaction (no lock held while reading the file)

@@ -40,7 +40,8 @@ def test_failed_extraction_rerun_retries_failed_and_changed(
     with session_scope(sqlite_url) as s:
         pid = orch.submit_pipeline(s, name="x", dataset_root=root, config=preset("tiny").model_dump(mode="json"),
                                    submitted_by="test").id
-    workers = worker_procs_factory(stack_env(home, sqlite_url, None, STAPIPE_RECOVERY_INTERVAL_S="2"))
+    workers = worker_procs_factory(stack_env(home, sqlite_url, None, STAPIPE_RECOVERY_INTERVAL_S="2",
+                                             STAPIPE_DATA_ROOT=str(tmp_path)))
     workers.start("w1", queues="cpu", concurrency=2)
 
     def extract() -> Stage:
@@ -57,6 +58,9 @@ def test_failed_extraction_rerun_retries_failed_and_changed(
     assert st.status == "failed" and st.error_summary == "only 10/12 videos extracted (needs 90%)", st.error_summary
     first = items()
     assert {v for v, i in first.items() if i.status == "failed"} == {v.stem for v in broken}
+    for v in broken:  # reasons name the video relative to the data root, never the server's layout
+        reason = first[v.stem].reason
+        assert f"ds/AVE/{v.name}" in reason and str(tmp_path) not in reason, reason
     out_dir = Path(st.output_dir)
     mtimes = {v: (out_dir / f"{v}.h5").stat().st_mtime_ns for v in first if first[v].status == "succeeded"}
 
