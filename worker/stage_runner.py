@@ -193,6 +193,9 @@ class DbCallbacks:
         """Pending epochs + ``work`` in one transaction, retried for ``budget_s``; tracks outages."""
         def txn() -> Any:
             with session_scope(self.url) as s:
+                if not owns_stage(s, self.stage_id, self.token):  # a late write of a superseded attempt
+                    self._pending.clear()
+                    raise Superseded("stage was taken over by another attempt")
                 self.write_pending(s)
                 out = work(s)
             self._pending.clear()
@@ -273,6 +276,13 @@ class DbCallbacks:
     def message(self, msg: str) -> None:
         with self._lock:
             self.stage_log.write(msg)
+
+
+def owns_stage(session: Session, stage_id: int, token: str) -> bool:
+    """Whether this attempt (claim ``token``) still holds the running stage: every stage-side write
+    checks it in its own transaction, so a cut-off worker's late writes are refused."""
+    row = session.execute(select(Stage.celery_task_id, Stage.status).where(Stage.id == stage_id)).one_or_none()
+    return row is not None and row.celery_task_id == token and row.status == StageStatus.RUNNING
 
 
 def _num(v: Any) -> float | None:
@@ -509,12 +519,17 @@ def _close_h5_handles() -> None:
 
 
 def _succeed(ctx: StageContext) -> str:
-    def record() -> None:
+    def record() -> bool:
         with session_scope(ctx.url) as session:
+            if not owns_stage(session, ctx.stage_id, ctx.token):
+                return False
             n = record_folder(session, ctx.stage_id, ctx.kind, ctx.output_dir)
             ctx.stage_log.write(f"recorded {n} artefacts")
+            return True
 
-    retry(record, "recording artefacts", ctx.outage_s)
+    if not retry(record, "recording artefacts", ctx.outage_s):
+        ctx.stage_log.write("superseded by another attempt; its artefacts are not recorded")
+        return "superseded"
     return _set_final(ctx, StageStatus.SUCCEEDED, None, None, summary=ctx.summary)
 
 
@@ -568,16 +583,16 @@ def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks) -> str:
 
     def write() -> str | None:
         with session_scope(ctx.url) as session:
-            cbs.write_pending(session)
             now = utcnow()
             res = session.execute(
                 update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
                                     Stage.status == StageStatus.RUNNING)
                 .values(status=StageStatus.QUEUED, celery_task_id=new_token, queued_at=now, updated_at=now,
                         error_summary=reason[:500]).execution_options(synchronize_session=False))
-            if res.rowcount != 1:
+            if res.rowcount != 1:  # taken over meanwhile (or a retry after our commit's answer was lost)
                 mine = session.scalar(select(Stage.celery_task_id).where(Stage.id == ctx.stage_id)) == new_token
                 return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id)) if mine else None
+            cbs.write_pending(session)  # only while the stage is still ours: never a superseded epoch
             return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id))
 
     queue = retry(write, "handing the stage back to the queue", ctx.outage_s)

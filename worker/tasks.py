@@ -144,6 +144,15 @@ def body_extract(ctx: StageContext) -> None:
     raise FanOut()
 
 
+def _record_history(ctx: StageContext, result: Any) -> None:
+    """Upsert every epoch of the run's history (the checkpoint's included): an epoch that finished
+    on a worker cut off before it could write its row is recorded by the attempt that resumed."""
+    from sta_models.callbacks import EpochMetrics
+
+    for h in getattr(result, "history", None) or []:
+        ctx.callbacks.on_epoch(EpochMetrics(**{k: h.get(k) for k in EpochMetrics.__dataclass_fields__}))
+
+
 def _branch_phase(kind: str) -> tuple[str, str]:
     _, branch, phase = kind.split("_")
     return branch, phase
@@ -158,6 +167,7 @@ def body_train_branch(ctx: StageContext) -> None:
     cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
     result = train_branch(branch, {"train": splits["train"], "val": splits["val"]}, feature_dir,
                           ctx.output_dir, cfg, ctx.callbacks, resume=True)
+    _record_history(ctx, result)
     ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("history", None)
@@ -218,6 +228,7 @@ def body_train_sta(ctx: StageContext) -> None:
     splits = _splits(ctx, feature_dir)
     result = train_sta({"train": splits["train"], "val": splits["val"]}, feature_dir, ctx.dirs["pseudo_gt"],
                        ctx.output_dir, ctx.config.sta, ctx.callbacks, resume=True)
+    _record_history(ctx, result)
     ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("history", None)

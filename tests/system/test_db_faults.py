@@ -120,7 +120,7 @@ def test_transient_classification_and_retry_budget(db: tuple[str, Path]) -> None
             with session_scope(url) as s:
                 return str(s.execute(text("SELECT 'ok'")).scalar())
 
-        assert retry(flaky, "testing", budget_s=10) == "ok" and len(calls) == 3
+        assert retry(flaky, "testing", budget_s=10) == "ok" and len(calls) >= 3
         term.allow_connections(False)
         try:
             t0 = time.monotonic()
