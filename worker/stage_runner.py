@@ -43,6 +43,7 @@ CANCEL_POLL_S = 1.0  # cancel_requested reads the DB at most this often
 PROGRESS_MIN_S = 1.0  # progress writes at most this often
 EPOCH_RETRY_S = 10.0  # an epoch row is retried this long inside the callback, then kept for later
 DEFAULT_OUTAGE_S = 120.0  # settings.db_outage_s: an outage longer than this hands the stage back
+HAND_BACK_FACTOR = 6  # the hand-back itself retries for this many outage_s
 
 
 class Superseded(Exception):
@@ -595,7 +596,9 @@ def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks) -> str:
             cbs.write_pending(session)  # only while the stage is still ours: never a superseded epoch
             return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id))
 
-    queue = retry(write, "handing the stage back to the queue", ctx.outage_s)
+    # Longer than the other writes: a hand-back touches no file, and a worker whose link comes back
+    # after another host took the stage over learns it here (its UPDATE is refused by the token).
+    queue = retry(write, "handing the stage back to the queue", ctx.outage_s * HAND_BACK_FACTOR)
     if queue is None:
         return "superseded"
     _send_all([("stage", ctx.stage_id, queue, new_token)])
