@@ -333,8 +333,9 @@ class Heartbeat:
                 with session_scope(self.url) as s:
                     s.execute(update(Stage).where(Stage.id == self.stage_id, Stage.celery_task_id == self.token,
                                                   Stage.status == StageStatus.RUNNING).values(updated_at=utcnow()))
-            except Exception:  # a DB blip must not kill the training; the next beat retries
-                log.warning("heartbeat for stage %s failed", self.stage_id, exc_info=True)
+            except Exception as exc:  # a DB blip must not kill the training; the next beat retries
+                log.warning("heartbeat for stage %s failed: %s", self.stage_id, one_line(exc, 200),
+                            exc_info=not is_transient(exc))
 
 
 # ---------------------------------------------------------------------------------------------
