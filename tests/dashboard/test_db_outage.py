@@ -14,6 +14,7 @@ from tests.conftest import PG_ADMIN_URL, fresh_pg_database, require_servers
 from worker.settings import Settings
 
 from .conftest import TOKEN, login
+from .test_auth_shared import dashboards  # noqa: F401  (gunicorn processes)
 
 pytestmark = pytest.mark.postgres
 
@@ -69,3 +70,35 @@ def test_outage_answers_503_and_recovers(outage_app: tuple[Flask, str]) -> None:
     finally:
         _set_allow(url, True)
     assert api.get("/api/v1/pipelines").status_code == 200  # pool_pre_ping: back without a restart
+
+
+def test_outage_page_in_a_real_browser(dashboards, artifacts_dir: Path) -> None:  # noqa: ANN001, F811
+    """What a person sees while the database is down: gunicorn on PostgreSQL, Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with fresh_pg_database("stapipe_outage") as url:
+        from db.migrate import upgrade
+
+        upgrade(url)
+        base = dashboards("pg", STAPIPE_DATABASE_URL=url)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 600})
+                page.goto(f"{base}/login")
+                page.fill("input[name=password]", TOKEN)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/")
+                _set_allow(url, False)
+                try:
+                    response = page.goto(f"{base}/")
+                    assert response is not None and response.status == 503
+                    assert "The database is not reachable right now" in page.inner_text("body")
+                    page.screenshot(path=str(artifacts_dir / "db-outage-503.png"), full_page=True)
+                finally:
+                    _set_allow(url, True)
+                assert page.goto(f"{base}/").status == 200
+            finally:
+                browser.close()
