@@ -230,7 +230,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/stages/<int:stage_id>/log")
 def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
     lines = int_arg("lines", 200, lo=0, hi=5000)
-    offset = int_arg("offset", -1, lo=0)
+    offset = int_arg("offset", -1, lo=0, hi=2**62)
     stage = stage_or_404(stage_id)
     path = log_file(data_stage(stage))
     chunk = read_from(path, offset) if offset >= 0 else tail_lines(path, lines)

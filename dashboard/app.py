@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from worker.settings import Settings, get_settings
 
@@ -13,6 +14,16 @@ from . import api, apidocs, auth, compare, database, errors, files, formatting, 
 from .secrets import dashboard_token, secret_key, token_path
 
 log = logging.getLogger(__name__)
+
+
+class DatabaseId(IntegerConverter):
+    """``<int:…>`` limited to the database's INTEGER ids (1 … 2³¹−1): a larger id is a 404, not an
+    overflow in the query."""
+
+    def __init__(self, map, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
 
 
 def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:
@@ -32,6 +43,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=1024 * 1024,  # forms and JSON bodies are small; refuse big uploads early
     )
+    app.url_map.converters["int"] = DatabaseId  # every <int:…> id: 404 beyond the database's range
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in a readable order
     app.extensions["stapipe"] = {"settings": settings, "token": token}
     if not testing:

@@ -5,6 +5,9 @@
   changing the password logs every browser out.
 - API clients send ``Authorization: Bearer <token>``; such requests need no CSRF token because a
   browser never attaches that header on its own.
+- Failed logins and failed bearer tokens count against the client address (``X-Forwarded-For``
+  only from ``STAPIPE_TRUSTED_PROXIES``) in the database, shared by every dashboard process; the
+  cookie also names a server-side session that logout deletes (:mod:`dashboard.authstate`).
 - Every state-changing request authenticated by the cookie must carry the session's CSRF token
   (form field ``csrf_token`` or header ``X-CSRF-Token``), including the login form itself.
 """
@@ -14,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections import defaultdict, deque
 from urllib.parse import urlsplit
 
 from flask import (
@@ -31,12 +32,13 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException, TooManyRequests, Unauthorized
 
+from . import authstate
+
 bp = Blueprint("auth", __name__)
 
 PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-FAILED_LOGIN_LIMIT = 10  # per client address per minute
-_failures: dict[str, deque[float]] = defaultdict(deque)
+FAILED_LOGIN_LIMIT = authstate.FAILED_LIMIT  # failed logins + bearer tokens per client address per minute
 
 
 class CSRFError(HTTPException):
@@ -46,6 +48,20 @@ class CSRFError(HTTPException):
 
 def _token() -> str:
     return current_app.extensions["stapipe"]["token"]
+
+
+def _db_url() -> str:
+    return current_app.extensions["stapipe"]["settings"].db_url
+
+
+def _client() -> str:
+    return authstate.client_address(current_app.extensions["stapipe"]["settings"].trusted_proxies)
+
+
+def _too_many() -> TooManyRequests:
+    exc = TooManyRequests(f"too many failed logins or tokens from this address; wait {authstate.WINDOW_S} s")
+    exc.retry_after = authstate.WINDOW_S  # type: ignore[attr-defined]
+    return exc
 
 
 def _fingerprint(token: str) -> str:
@@ -82,12 +98,18 @@ def _authenticate() -> None:
     g.auth = None
     public = request.endpoint in PUBLIC_ENDPOINTS
     bearer = _bearer()
-    if bearer is not None:
-        if _check_token(bearer):
-            g.auth = "bearer"
-        elif not public:  # a stale token must not break /healthz probes
+    if bearer is not None and not public:  # a stale token must not break /healthz probes
+        client = _client()
+        if authstate.throttled(_db_url(), client):
+            raise _too_many()
+        if not _check_token(bearer):
+            authstate.record_failure(_db_url(), client)
             raise Unauthorized("invalid API token")
-    elif session.get("auth") == _fingerprint(_token()):
+        g.auth = "bearer"
+    elif bearer is not None and _check_token(bearer):
+        g.auth = "bearer"
+    elif session.get("auth") == _fingerprint(_token()) and authstate.session_valid(
+            _db_url(), str(session.get("sid", "")), _fingerprint(_token())):
         g.auth = "session"
     if public:
         return None  # the login view checks CSRF itself, to re-render the form with a message
@@ -104,18 +126,12 @@ def _safe_next(target: str | None) -> str:
     """Only same-site relative paths, so the login form is no open redirect."""
     if not target:
         return url_for("pages.pipelines")
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):  # CR/LF would split the Location header
+        return url_for("pages.pipelines")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return url_for("pages.pipelines")
     return target
-
-
-def _throttled(addr: str) -> bool:
-    now = time.monotonic()
-    q = _failures[addr]
-    while q and now - q[0] > 60:
-        q.popleft()
-    return len(q) >= FAILED_LOGIN_LIMIT
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -129,21 +145,25 @@ def login():  # type: ignore[no-untyped-def]
         return render_template(
             "login.html", next_url=next_url, error="Your session expired. Please try again."
         ), 400
-    addr = request.remote_addr or "?"
-    if _throttled(addr):
-        raise TooManyRequests("too many failed logins; wait a minute")
+    client = _client()
+    if authstate.throttled(_db_url(), client):
+        raise _too_many()
     if not _check_token(request.form.get("password", "")):
-        _failures[addr].append(time.monotonic())
+        authstate.record_failure(_db_url(), client)
         return render_template("login.html", next_url=next_url, error="Wrong password or token."), 401
+    authstate.close_session(_db_url(), session.get("sid"))
     session.clear()  # no session fixation: a fresh session (and CSRF token) after login
     session.permanent = True
     session["auth"] = _fingerprint(_token())
+    session["sid"] = authstate.open_session(_db_url(), session["auth"], client,
+                                            current_app.permanent_session_lifetime)
     csrf_token()
     return redirect(next_url)
 
 
 @bp.post("/logout")
 def logout():  # type: ignore[no-untyped-def]
+    authstate.close_session(_db_url(), session.get("sid"))  # a copied cookie is dead from now on
     session.clear()
     return redirect(url_for("auth.login"))
 

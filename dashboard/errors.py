@@ -1,7 +1,8 @@
 """Error responses that say what was wrong and nothing about the server.
 
 ``/api/…`` gets JSON (``{"error", "message"[, "fields"]}``), pages get a small HTML page. Unexpected
-exceptions are logged server-side and answered with a generic 500: no traceback, no path.
+exceptions are logged server-side and answered with a generic 500: no traceback, no path; transient
+database errors (connection lost, database down) with a 503 and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from db.transient import is_transient
+
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5
 
 
 class FieldErrors(HTTPException):
@@ -45,6 +49,9 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     headers = {}
     if exc.code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="stapipe"'
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
     if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     return _respond(
@@ -55,6 +62,11 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
 def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
     if isinstance(exc, HTTPException):
         return _http_error(exc)
+    if is_transient(exc):  # a database blip or outage is the server's state, not a bug: 503, retry
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        return _respond(503, "Service Unavailable",
+                        "The database is not reachable right now; nothing was changed. Try again in a moment.",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
     log.exception("unhandled error on %s %s", request.method, request.path)
     err = InternalServerError()
     return _respond(500, err.name, "Something went wrong on the server. The error was logged.")

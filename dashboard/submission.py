@@ -12,6 +12,7 @@ from .config_form import ConfigErrors, PathRoots, build_config
 from .paths import PathRejected, resolve_dataset_root
 
 NAME_MAX = 200
+PATH_MAX = 1000  # pipelines.dataset_root
 
 
 @dataclass
@@ -37,6 +38,8 @@ def validate(
         errors["name"] = "enter a name"
     elif len(clean_name) > NAME_MAX:
         errors["name"] = f"at most {NAME_MAX} characters"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in clean_name):
+        errors["name"] = "must not contain control characters (NUL, line breaks, …)"
     root = None
     if not isinstance(dataset_root, str):
         errors["dataset_root"] = "enter a dataset folder"
@@ -45,6 +48,9 @@ def validate(
             root = resolve_dataset_root(dataset_root, settings.data_dir)
         except PathRejected as exc:
             errors["dataset_root"] = str(exc)
+        if root is not None and len(str(root)) > PATH_MAX:
+            errors["dataset_root"] = f"the folder's full path is longer than {PATH_MAX} characters"
+            root = None
     if not isinstance(preset, str) or preset not in PRESETS:
         errors["preset"] = f"choose one of {', '.join(PRESETS)}"
     if overrides is None:

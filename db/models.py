@@ -253,7 +253,36 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+# --- authentication state shared by every dashboard process (issue #14) ----------------------
+
+
+class AuthSession(Base):
+    """A logged-in browser session: the cookie carries ``sid``; logout deletes the row, and a
+    changed password/token makes every row with the old ``fingerprint`` invalid."""
+
+    __tablename__ = "auth_sessions"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(32))  # of the token it logged in with
+    client: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuthFailure(Base):
+    """One failed login or bearer token, by client address (the throttle counts recent rows)."""
+
+    __tablename__ = "auth_failures"
+    __table_args__ = (Index("ix_auth_failures_client_at", "client", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 __all__ = [
+    "AuthFailure",
+    "AuthSession",
     "Base",
     "Worker",
     "Pipeline",

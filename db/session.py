@@ -51,7 +51,17 @@ def make_engine(url: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)  # survive a PostgreSQL restart
+    # A lost network link must fail a statement within seconds, not after TCP's ~15 min of
+    # retransmissions: stage-side writes then retry, and a cut-off worker stops (docs/deployment.md).
+    kwargs.setdefault("connect_args", dict(PG_NETWORK_TIMEOUTS))
     return create_engine(url, **kwargs)
+
+
+PG_NETWORK_TIMEOUTS = {
+    "connect_timeout": 5,  # s
+    "tcp_user_timeout": 10_000,  # ms until unacknowledged data fails the connection
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3,
+}
 
 
 _ENGINES: dict[str, Engine] = {}

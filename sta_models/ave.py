@@ -61,9 +61,12 @@ class Problem:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
+MAX_EVENT_END_S = 3600  # AVE clips last 10 s; a time past an hour is a typo, and would make stages loop for ever
+
+
 def _int(text: str) -> int | None:
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None  # "²".isdigit() is True too
 
 
 def read_annotations(path: str | Path) -> tuple[list[AnnotationRow], list[Problem]]:
@@ -96,6 +99,10 @@ def read_annotations(path: str | Path) -> tuple[list[AnnotationRow], list[Proble
             continue
         if end <= start:
             problems.append(Problem(str(path), number, f"zero-length event ({start}-{end}), skipped"))
+            continue
+        if end > MAX_EVENT_END_S:
+            problems.append(Problem(str(path), number, f"event end {end} s is beyond the {MAX_EVENT_END_S} s "
+                                    "maximum, skipped"))
             continue
         row = AnnotationRow(category, CATEGORY_ID[category], video_id, start, end, number)
         if row.key in seen:

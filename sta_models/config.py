@@ -6,9 +6,9 @@ from its record. Defaults are the method's (SPEC §2–§7); the presets only sh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Backbone = Literal["resnext101_32x8d", "resnet50", "resnet18"]
 Branch = Literal["s", "sa", "st"]
@@ -16,8 +16,27 @@ BRANCHES: tuple[Branch, ...] = ("s", "sa", "st")
 PRESETS = ("tiny", "demo", "paper")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
+STR_MAX = 1000  # the longest text setting (weight file paths)
+EPOCHS_MAX = 1000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys, NaN/±Infinity, ``true`` for a number, NUL and over-long text are all rejected:
+    each would be accepted here and fail (or hang) a stage hours later."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              str_max_length=STR_MAX)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers_or_nul(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("must be a number, not true/false")
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        return v
 
 
 class ExtractConfig(_Strict):
@@ -34,16 +53,16 @@ class TrainConfig(_Strict):
 
     backbone: Backbone = "resnext101_32x8d"
     input_size: int = Field(256, ge=32, le=1024)
-    epochs: int = Field(30, ge=1, le=1000)
+    epochs: int = Field(30, ge=1, le=EPOCHS_MAX)
     batch_size: int = Field(64, ge=1, le=4096)
     lr: float = Field(1e-4, gt=0.0, le=10.0)
-    decay_epochs: list[int] = Field(default_factory=lambda: [5, 10])
+    decay_epochs: list[int] = Field(default_factory=lambda: [5, 10], max_length=100)
     lr_decay: float = Field(0.1, gt=0.0, le=1.0)
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     workers: int = Field(4, ge=0, le=64, description="DataLoader worker processes")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     backbone_weights: str | None = Field(
         None, description="torchvision state-dict file; unset = torchvision cache if present, else random init"
     )
@@ -52,28 +71,29 @@ class TrainConfig(_Strict):
     @field_validator("decay_epochs")
     @classmethod
     def _sorted_positive(cls, v: list[int]) -> list[int]:
-        if any(e < 1 for e in v):
-            raise ValueError("decay epochs must be >= 1")
+        if any(e < 1 or e > EPOCHS_MAX for e in v):
+            raise ValueError(f"decay epochs must be between 1 and {EPOCHS_MAX}")
         return sorted(v)
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isascii() and v[5:].isdigit()
+                                             and int(v[5:]) < 1024):
             return v
-        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N < 1024)")
 
 
 class PseudoGTConfig(_Strict):
     """Coarse-to-fine fusion constants (SPEC §5). Sizes are in pixels of the stored frame."""
 
-    alpha_start: float = Field(2.0, gt=0.0)
-    alpha_step: float = Field(0.05, gt=0.0)
-    min_box: int = Field(100, ge=1, description="minimum box height and width")
+    alpha_start: float = Field(2.0, gt=0.0, le=100.0)
+    alpha_step: float = Field(0.05, ge=1e-3, le=100.0, description="≥ 0.001: α_start/α_step thresholds are tried")
+    min_box: int = Field(100, ge=1, le=1024, description="minimum box height and width")
     fusion_eps: float = Field(
-        1e-4, gt=0.0, description="ε of the SPEC fusion formula; it cancels in the final min-max, so F does not depend on it")
-    smooth_window: int = Field(3, ge=1, description="temporal smoothing window in seconds (odd)")
-    sparsify_factor: float = Field(3.0, ge=0.0, description="zero every pixel below factor*mean")
+        1e-4, gt=0.0, le=1.0, description="ε of the SPEC fusion formula; it cancels in the final min-max, so F does not depend on it")
+    smooth_window: int = Field(3, ge=1, le=99, description="temporal smoothing window in seconds (odd)")
+    sparsify_factor: float = Field(3.0, ge=0.0, le=1000.0, description="zero every pixel below factor*mean")
 
     @field_validator("smooth_window")
     @classmethod
@@ -86,18 +106,18 @@ class PseudoGTConfig(_Strict):
 class EvaluateConfig(_Strict):
     """Evaluation and inference (SPEC §6, §7)."""
 
-    blur_sigma: float = Field(2.0, ge=0.0)
-    n_splits: int = Field(100, ge=1)
-    step: float = Field(0.1, gt=0.0, le=1.0)
-    overlay_videos: int = Field(3, ge=0, description="test videos rendered as overlay MP4s")
-    seed: int = 0
+    blur_sigma: float = Field(2.0, ge=0.0, le=100.0)
+    n_splits: int = Field(100, ge=1, le=10_000)
+    step: float = Field(0.1, ge=1e-3, le=1.0)
+    overlay_videos: int = Field(3, ge=0, le=1000, description="test videos rendered as overlay MP4s")
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class PipelineConfig(_Strict):
     """Everything one pipeline run needs; stored with the pipeline."""
 
-    preset: str = "paper"
-    split_seed: int = 0
+    preset: str = Field("paper", max_length=20)
+    split_seed: int = Field(0, ge=0, le=SEED_MAX)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     coarse: dict[Branch, TrainConfig]
     fine: dict[Branch, TrainConfig]

@@ -2,8 +2,10 @@
 
 Why it is fast: frames are stored as raw uint8 arrays, so a sample is one HDF5 slice read (no
 JPEG decode), one small resize, and the batch travels to the device as uint8; ImageNet
-normalisation happens there, batched (:func:`prepare_batch`). Each worker process opens a file
-once and keeps the handle (cache keyed by path and pid, so forked workers never share a handle).
+normalisation happens there, batched (:func:`prepare_batch`). Each process keeps a bounded LRU of
+open read handles keyed by pid and file identity (path, inode, size, mtime): forked workers never
+share a handle, a replaced or rewritten file is opened afresh, and at most ``MAX_HANDLES`` files
+stay open. The worker closes them all at the end of every stage task (:func:`close_handles`).
 
 Augmentation: with ``train=True`` a colour jitter (0.3, 0.3, 0.3, 0.1) is drawn once per sample and
 applied to all of its frames; the draw comes from the ``aug_seed`` that
@@ -14,7 +16,7 @@ indices (evaluation, CAMs) never augment.
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
 ST_MIN_EVENT = 3  # SPEC §3: events shorter than 3 s are skipped for ST (and STA)
 
-_HANDLES: dict[tuple[str, int], h5py.File] = {}
+MAX_HANDLES = 64  # open HDF5 files per process; a real dataset has thousands of files
+_HANDLES: OrderedDict[tuple[int, str, int, int, int], h5py.File] = OrderedDict()  # LRU, newest last
 
 
 def feature_path(feature_dir: str | Path, row: Any) -> Path:
@@ -47,19 +50,43 @@ def feature_path(feature_dir: str | Path, row: Any) -> Path:
     return per_row if per_row.exists() else feature_dir / f"{row.video_id}.h5"
 
 
+def _file_key(path: str | Path) -> tuple[int, str, int, int, int]:
+    st = os.stat(path)
+    return (os.getpid(), str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def open_h5(path: str | Path) -> h5py.File:
-    """This process's read handle on ``path`` (opened on first use, then reused)."""
-    key = (str(path), os.getpid())
+    """This process's read handle on ``path`` as it is now (one ``stat`` per call).
+
+    A handle whose file was replaced (new inode) or rewritten (size, mtime) since it was opened is
+    closed and the file opened again; the least recently used handle is closed beyond
+    ``MAX_HANDLES``.
+    """
+    key = _file_key(path)
     handle = _HANDLES.get(key)
-    if handle is None:
-        handle = h5py.File(path, "r")
-        _HANDLES[key] = handle
+    if handle is not None:
+        _HANDLES.move_to_end(key)
+        return handle
+    for stale in [k for k in _HANDLES if k[:2] == key[:2]]:  # an older version of the same file
+        _HANDLES.pop(stale).close()
+    handle = h5py.File(path, "r")
+    _HANDLES[key] = handle
+    mine = [k for k in _HANDLES if k[0] == key[0]]
+    for old in mine[: max(0, len(mine) - MAX_HANDLES)]:
+        _HANDLES.pop(old).close()
     return handle
 
 
+def open_handles() -> int:
+    """How many handles this process holds open (tests and logs)."""
+    pid = os.getpid()
+    return sum(1 for k in _HANDLES if k[0] == pid)
+
+
 def close_handles() -> None:
-    """Close this process's cached handles (tests, or before a file is rewritten)."""
-    for key in [k for k in _HANDLES if k[1] == os.getpid()]:
+    """Close this process's cached handles (end of every stage task; tests)."""
+    pid = os.getpid()
+    for key in [k for k in _HANDLES if k[0] == pid]:
         _HANDLES.pop(key).close()
 
 

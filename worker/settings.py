@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,10 +32,30 @@ class Settings(BaseSettings):
     dashboard_host: str = Field("127.0.0.1", description="address `stapipe up` serves the dashboard on")
     dashboard_port: int = Field(8000, ge=1, le=65535, description="port `stapipe up` serves the dashboard on")
     secure_cookies: bool = Field(False, description="mark session cookies Secure (set behind HTTPS)")
+    trusted_proxies: str = Field(
+        "", max_length=2000,
+        description="comma-separated proxy addresses/CIDRs whose X-Forwarded-For names the client (login throttle)",
+    )
+    db_outage_s: float = Field(
+        120.0, ge=1.0, le=86400.0,
+        description="how long a stage retries transient database errors before handing itself back to the queue",
+    )
     recovery_interval_s: float = Field(
         30.0, ge=1.0, le=3600.0,
         description="how often each worker re-queues stages of dead workers and re-sends lost messages",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+        return v
 
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

@@ -5,6 +5,7 @@ The task bodies in worker.tasks only call the library; everything about state li
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -30,6 +31,7 @@ from db.models import (
     utcnow,
 )
 from db.session import session_scope
+from db.transient import DatabaseUnavailable, is_transient, retry
 from sta_models.jsonio import finite_json
 from worker.logs import StageLog, stage_logging
 
@@ -39,6 +41,9 @@ HEARTBEAT_S = 10.0  # a running stage bumps updated_at this often
 REDELIVERY_STALE_S = 3 * HEARTBEAT_S  # a redelivered message may take over after this much silence
 CANCEL_POLL_S = 1.0  # cancel_requested reads the DB at most this often
 PROGRESS_MIN_S = 1.0  # progress writes at most this often
+EPOCH_RETRY_S = 10.0  # an epoch row is retried this long inside the callback, then kept for later
+DEFAULT_OUTAGE_S = 120.0  # settings.db_outage_s: an outage longer than this hands the stage back
+HAND_BACK_FACTOR = 6  # the hand-back itself retries for this many outage_s
 
 
 class Superseded(Exception):
@@ -50,8 +55,21 @@ class FanOut(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 480) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    text = relative_paths(f"{type(exc).__name__}: {exc}").strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def relative_paths(text: str) -> str:
+    """``text`` with the data, artefact and log roots cut off the paths in it: error summaries and
+    failed-item reasons are shown on the dashboard, which must not reveal the server's layout."""
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    roots = sorted({str(r) for r in (settings.data_dir, settings.artefact_dir, settings.log_dir)}, key=len,
+                   reverse=True)
+    for root in roots:
+        text = text.replace(root.rstrip("/") + "/", "")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,22 +162,74 @@ def _after_final(session: Session, pipeline_id: int) -> None:
 
 @dataclass
 class DbCallbacks:
-    """Builds a :class:`sta_models.callbacks.Callbacks` that writes to the stage's rows."""
+    """Builds a :class:`sta_models.callbacks.Callbacks` that writes to the stage's rows.
+
+    A transient database error never reaches the training loop: epoch rows that could not be
+    written are kept and written with the next successful write (and before the stage finishes),
+    progress is best effort, and the cancel check answers its last value. Only when the database
+    has been unreachable for ``outage_s`` does the cancel check raise :class:`DatabaseUnavailable`
+    — at a batch boundary, where ``last.pt`` holds the last complete epoch — so the runner hands
+    the stage back to the queue.
+    """
 
     url: str
     stage_id: int
     token: str
     stage_log: StageLog
+    outage_s: float = DEFAULT_OUTAGE_S
     _last_cancel_check: float = 0.0
     _cancel: bool = False
     _last_progress: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch → row not yet written
+    _down_since: float | None = None  # monotonic time of the first failure of the current outage
 
     def build(self):  # type: ignore[no-untyped-def]
         from sta_models.callbacks import Callbacks
 
         return Callbacks(epoch_end=self.epoch_end, progress=self.progress,
                          cancel_requested=self.cancel_requested, message=self.message)
+
+    def _write(self, work: Callable[[Session], Any], budget_s: float, what: str) -> Any:
+        """Pending epochs + ``work`` in one transaction, retried for ``budget_s``; tracks outages."""
+        def txn() -> Any:
+            with session_scope(self.url) as s:
+                if not owns_stage(s, self.stage_id, self.token):  # a late write of a superseded attempt
+                    self._pending.clear()
+                    raise Superseded("stage was taken over by another attempt")
+                self.write_pending(s)
+                out = work(s)
+            self._pending.clear()
+            return out
+
+        started = time.monotonic()
+        try:
+            out = retry(txn, what, budget_s) if budget_s > 0 else txn()
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable) and not is_transient(exc):
+                raise
+            if self._down_since is None:
+                self._down_since = started
+                self.message(f"database unavailable ({one_line(exc, 200)}); training goes on, "
+                             f"{len(self._pending)} epoch row(s) kept for later")
+            raise DatabaseUnavailable(one_line(exc)) from exc
+        if self._down_since is not None:
+            self.message(f"database back after {time.monotonic() - self._down_since:.1f} s")
+            self._down_since = None
+        return out
+
+    def write_pending(self, session: Session) -> None:
+        """Upsert the kept epoch rows in ``session``'s transaction (cleared by the caller's commit)."""
+        for values in self._pending.values():
+            upsert_epoch(session, self.stage_id, values)
+
+    def outage_seconds(self) -> float:
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def flush(self, budget_s: float) -> None:
+        """Write the kept epoch rows (before the stage finishes or is handed back)."""
+        if self._pending:
+            self._write(lambda s: None, budget_s, f"writing {len(self._pending)} kept epoch row(s)")
 
     def epoch_end(self, m: Any) -> None:
         """Upsert: a resumed or redelivered stage writes each epoch exactly once."""
@@ -169,9 +239,10 @@ class DbCallbacks:
         values["extra"] = finite_json(dict(values.get("extra") or {}))
         for k in ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"):
             values[k] = _num(values[k])
-        with session_scope(self.url) as s:
-            upsert_epoch(s, self.stage_id, values)
-            s.execute(update(Stage).where(Stage.id == self.stage_id).values(updated_at=utcnow()))
+        self._pending[int(values["epoch"])] = values
+        with contextlib.suppress(DatabaseUnavailable):
+            self._write(lambda s: s.execute(update(Stage).where(Stage.id == self.stage_id).values(
+                updated_at=utcnow())), min(EPOCH_RETRY_S, self.outage_s / 2), f"recording epoch {values['epoch']}")
         # no log line here: the trainer already logs each epoch through ``message``
 
     def progress(self, done: int, total: int, what: str = "") -> None:
@@ -179,19 +250,25 @@ class DbCallbacks:
         if done < total and now - self._last_progress < PROGRESS_MIN_S:
             return
         self._last_progress = now
-        with session_scope(self.url) as s:
-            s.execute(update(Stage).where(Stage.id == self.stage_id).values(
+        with contextlib.suppress(DatabaseUnavailable):  # best effort: the next call writes newer numbers
+            self._write(lambda s: s.execute(update(Stage).where(Stage.id == self.stage_id).values(
                 progress_done=int(done), progress_total=int(total), progress_what=(what or None) and what[:200],
-                updated_at=utcnow()))
+                updated_at=utcnow())), 0, "writing progress")
 
     def cancel_requested(self) -> bool:
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return self._cancel
         self._last_cancel_check = now
-        with session_scope(self.url) as s:
-            row = s.execute(select(Stage.cancel_requested, Stage.celery_task_id, Stage.status)
-                            .where(Stage.id == self.stage_id)).one_or_none()
+        try:
+            row = self._write(lambda s: s.execute(
+                select(Stage.cancel_requested, Stage.celery_task_id, Stage.status)
+                .where(Stage.id == self.stage_id)).one_or_none(), 0, "checking for a cancel request")
+        except DatabaseUnavailable:
+            if self.outage_seconds() >= self.outage_s:
+                raise DatabaseUnavailable(
+                    f"database unavailable for {self.outage_seconds():.0f} s (limit {self.outage_s:.0f} s)") from None
+            return self._cancel
         if row is None or row.celery_task_id != self.token or row.status != StageStatus.RUNNING:
             raise Superseded("stage was taken over by another attempt")
         self._cancel = bool(row.cancel_requested)
@@ -200,6 +277,13 @@ class DbCallbacks:
     def message(self, msg: str) -> None:
         with self._lock:
             self.stage_log.write(msg)
+
+
+def owns_stage(session: Session, stage_id: int, token: str) -> bool:
+    """Whether this attempt (claim ``token``) still holds the running stage: every stage-side write
+    checks it in its own transaction, so a cut-off worker's late writes are refused."""
+    row = session.execute(select(Stage.celery_task_id, Stage.status).where(Stage.id == stage_id)).one_or_none()
+    return row is not None and row.celery_task_id == token and row.status == StageStatus.RUNNING
 
 
 def _num(v: Any) -> float | None:
@@ -249,8 +333,9 @@ class Heartbeat:
                 with session_scope(self.url) as s:
                     s.execute(update(Stage).where(Stage.id == self.stage_id, Stage.celery_task_id == self.token,
                                                   Stage.status == StageStatus.RUNNING).values(updated_at=utcnow()))
-            except Exception:  # a DB blip must not kill the training; the next beat retries
-                log.warning("heartbeat for stage %s failed", self.stage_id, exc_info=True)
+            except Exception as exc:  # a DB blip must not kill the training; the next beat retries
+                log.warning("heartbeat for stage %s failed: %s", self.stage_id, one_line(exc, 200),
+                            exc_info=not is_transient(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,75 +419,129 @@ class StageContext:
     callbacks: Any
     stage_log: StageLog
     summary: dict[str, Any] = field(default_factory=dict)  # stored in stages.summary on success
+    outage_s: float = DEFAULT_OUTAGE_S  # how long stage-side writes retry a transient DB error
 
 
 def execute_stage(
     url: str, stage_id: int, token: str, host: str, max_attempts: int,
     body: Callable[[StageContext], None],
     before: Callable[[StageContext], None] | None = None,
+    outage_s: float = DEFAULT_OUTAGE_S,
 ) -> str:
     """Claim → run ``body`` with heartbeat, log file and DB callbacks → finish. Returns the outcome
-    ("dropped", "succeeded", "failed", "cancelled", "superseded", "fanout")."""
+    ("dropped", "succeeded", "failed", "cancelled", "superseded", "fanout", "handed back",
+    "abandoned").
+
+    Transient database errors never fail the stage: the claim and the finish are retried for
+    ``outage_s`` (raising :class:`DatabaseUnavailable` from the claim: the caller re-sends the
+    message); a stage whose body or callbacks met a longer outage is handed back to the queue (its
+    next claim counts an attempt, so ``max_attempts`` still bounds it); if even that cannot be
+    written, the stage stays running without a heartbeat and recovery re-queues it.
+    """
     from sta_models.callbacks import Cancelled
     from sta_models.config import PipelineConfig
 
-    with session_scope(url) as session:
-        stage = claim_stage(session, stage_id, token, host, max_attempts)
-        if stage is None:
-            log.info("stage %s: message %s dropped (stale or duplicate)", stage_id, token)
-            return "dropped"
-        pipeline = session.get(Pipeline, stage.pipeline_id)
-        assert pipeline is not None
-        dirs = {s.kind: Path(s.output_dir or "") for s in pipeline.stages}
-        cfg = PipelineConfig.model_validate(pipeline.config)
-        log_path = Path(stage.log_path or f"{stage.pipeline_id}-{stage.kind}.log")
-        kind, pipeline_id, attempt = stage.kind, stage.pipeline_id, stage.attempts
-        output_dir = Path(stage.output_dir or "")
-        dataset_root = Path(pipeline.dataset_root)
+    def claim() -> tuple[Any, ...] | None:
+        with session_scope(url) as session:
+            stage = claim_stage(session, stage_id, token, host, max_attempts)
+            if stage is None:
+                return None
+            pipeline = session.get(Pipeline, stage.pipeline_id)
+            assert pipeline is not None
+            return (stage, pipeline.config, Path(pipeline.dataset_root),
+                    {s.kind: Path(s.output_dir or "") for s in pipeline.stages})
+
+    claimed = retry(claim, f"claiming stage {stage_id}", outage_s)
+    if claimed is None:
+        log.info("stage %s: message %s dropped (stale or duplicate)", stage_id, token)
+        return "dropped"
+    stage, config, dataset_root, dirs = claimed
+    cfg = PipelineConfig.model_validate(config)
+    log_path = Path(stage.log_path or f"{stage.pipeline_id}-{stage.kind}.log")
+    kind, pipeline_id, attempt = stage.kind, stage.pipeline_id, stage.attempts
+    output_dir = Path(stage.output_dir or "")
 
     output_dir.mkdir(parents=True, exist_ok=True)
     outcome = "failed"
     with stage_logging(log_path) as stage_log:
         stage_log.write(f"== {kind} attempt {attempt} on {host} (task {token}) ==")
-        cbs = DbCallbacks(url, stage_id, token, stage_log)
+        cbs = DbCallbacks(url, stage_id, token, stage_log, outage_s=outage_s)
         ctx = StageContext(url=url, stage_id=stage_id, pipeline_id=pipeline_id, kind=kind, token=token, host=host,
                            config=cfg, dataset_root=dataset_root, output_dir=output_dir, dirs=dirs,
-                           callbacks=cbs.build(), stage_log=stage_log)
+                           callbacks=cbs.build(), stage_log=stage_log, outage_s=outage_s)
         try:
-            with Heartbeat(url, stage_id, token):
-                if before is not None:
-                    before(ctx)
-                body(ctx)
-            outcome = _succeed(ctx)
-        except FanOut:
-            stage_log.write("fan-out: work handed to per-item tasks")
-            outcome = "fanout"
-        except Superseded:
-            stage_log.write("superseded by another attempt; stopping without changing the stage")
-            outcome = "superseded"
-        except Cancelled:
-            stage_log.write("cancelled on request (checkpoint saved by the library)")
-            outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
-        except BaseException as exc:  # noqa: BLE001 — everything becomes a recorded failure
+            try:
+                with Heartbeat(url, stage_id, token):
+                    if before is not None:
+                        before(ctx)
+                    body(ctx)
+                cbs.flush(outage_s)
+                outcome = _succeed(ctx)
+            except FanOut:
+                stage_log.write("fan-out: work handed to per-item tasks")
+                outcome = "fanout"
+            except Superseded:
+                stage_log.write("superseded by another attempt; stopping without changing the stage")
+                outcome = "superseded"
+            except Cancelled:
+                stage_log.write("cancelled on request (checkpoint saved by the library)")
+                cbs.flush(outage_s)
+                outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
+            except Exception as exc:
+                if not (isinstance(exc, DatabaseUnavailable) or is_transient(exc)):
+                    raise
+                stage_log.write(f"database unavailable: {one_line(exc)}; handing the stage back to the queue")
+                outcome = _hand_back(ctx, f"handed back after a database outage: {one_line(exc, 300)}", cbs)
+        except DatabaseUnavailable as exc:  # even the final write failed: recovery re-queues the stage
+            stage_log.write(f"{one_line(exc)}; leaving the stage to recovery (no heartbeat from now on)")
+            outcome = "abandoned"
+        except BaseException as exc:  # noqa: BLE001 — everything else becomes a recorded failure
             trace = tb.format_exc()
             stage_log.write(f"FAILED: {one_line(exc)}\n{trace}")
-            outcome = _set_final(ctx, StageStatus.FAILED, one_line(exc), trace)
+            try:
+                outcome = _set_final(ctx, StageStatus.FAILED, one_line(exc), trace)
+            except DatabaseUnavailable as db_exc:
+                stage_log.write(f"{one_line(db_exc)}; leaving the stage to recovery")
+                outcome = "abandoned"
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            _close_h5_handles()
         stage_log.write(f"== {kind} attempt {attempt}: {outcome} ==")
     return outcome
 
 
+def _close_h5_handles() -> None:
+    """Every stage task ends with no HDF5 file open (a later stage may replace any of them)."""
+    import sys
+
+    datasets = sys.modules.get("sta_models.datasets")  # not imported: nothing was opened
+    if datasets is not None:
+        datasets.close_handles()
+
+
 def _succeed(ctx: StageContext) -> str:
-    with session_scope(ctx.url) as session:
-        n = record_folder(session, ctx.stage_id, ctx.kind, ctx.output_dir)
-        ctx.stage_log.write(f"recorded {n} artefacts")
-        session.flush()
+    def record() -> bool:
+        with session_scope(ctx.url) as session:
+            if not owns_stage(session, ctx.stage_id, ctx.token):
+                return False
+            n = record_folder(session, ctx.stage_id, ctx.kind, ctx.output_dir)
+            ctx.stage_log.write(f"recorded {n} artefacts")
+            return True
+
+    if not retry(record, "recording artefacts", ctx.outage_s):
+        ctx.stage_log.write("superseded by another attempt; its artefacts are not recorded")
+        return "superseded"
     return _set_final(ctx, StageStatus.SUCCEEDED, None, None, summary=ctx.summary)
 
 
 def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | None,
                summary: dict[str, Any] | None = None) -> str:
+    """The attempt's final state, written once under its token, then the pipeline advanced.
+
+    Retried across transient errors; a retry after a commit whose answer was lost finds the stage
+    already in ``status`` under this token and counts that as done.
+    """
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "error_summary": error,
                               "traceback": trace, "cancel_requested": False}
@@ -410,17 +549,61 @@ def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | N
         import json
 
         values["summary"] = finite_json(json.loads(json.dumps(summary, default=str)))
-    with session_scope(ctx.url) as session:
-        res = session.execute(
-            update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
-                                Stage.status == StageStatus.RUNNING)
-            .values(**values).execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if res.rowcount != 1:
-            return "superseded"
-        _after_final(session, ctx.pipeline_id)
+
+    def write() -> bool:
+        with session_scope(ctx.url) as session:
+            res = session.execute(
+                update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
+                                    Stage.status == StageStatus.RUNNING)
+                .values(**values).execution_options(synchronize_session=False)
+            )
+            if res.rowcount == 1:
+                return True
+            row = session.execute(select(Stage.status, Stage.celery_task_id)
+                                  .where(Stage.id == ctx.stage_id)).one_or_none()
+            return row is not None and row.celery_task_id == ctx.token and row.status == status
+
+    if not retry(write, f"recording the stage as {status}", ctx.outage_s):
+        return "superseded"
+
+    def advance() -> None:
+        with session_scope(ctx.url) as session:
+            _after_final(session, ctx.pipeline_id)
+
+    retry(advance, "advancing the pipeline", ctx.outage_s)
     return str(status)
+
+
+def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks) -> str:
+    """Running → queued under a new token and a new message, with the kept epoch rows in the same
+    transaction: the next claim counts an attempt and resumes from the stage's checkpoint."""
+    import uuid
+
+    from worker.orchestration import _send_all
+
+    new_token = uuid.uuid4().hex
+
+    def write() -> str | None:
+        with session_scope(ctx.url) as session:
+            now = utcnow()
+            res = session.execute(
+                update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
+                                    Stage.status == StageStatus.RUNNING)
+                .values(status=StageStatus.QUEUED, celery_task_id=new_token, queued_at=now, updated_at=now,
+                        error_summary=reason[:500]).execution_options(synchronize_session=False))
+            if res.rowcount != 1:  # taken over meanwhile (or a retry after our commit's answer was lost)
+                mine = session.scalar(select(Stage.celery_task_id).where(Stage.id == ctx.stage_id)) == new_token
+                return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id)) if mine else None
+            cbs.write_pending(session)  # only while the stage is still ours: never a superseded epoch
+            return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id))
+
+    # Longer than the other writes: a hand-back touches no file, and a worker whose link comes back
+    # after another host took the stage over learns it here (its UPDATE is refused by the token).
+    queue = retry(write, "handing the stage back to the queue", ctx.outage_s * HAND_BACK_FACTOR)
+    if queue is None:
+        return "superseded"
+    _send_all([("stage", ctx.stage_id, queue, new_token)])
+    return "handed back"
 
 
 # ---------------------------------------------------------------------------------------------

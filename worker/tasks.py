@@ -23,8 +23,10 @@ import worker.maintenance  # noqa: F401  (registers the recovery signals)
 import worker.presence  # noqa: F401  (each worker keeps its row in the workers table)
 from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
+from db.transient import DatabaseUnavailable, retry
 from sta_models.jsonio import finite_json
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
+from worker.devices import check_stage_devices
 from worker.faults import maybe_inject
 from worker.logs import append_line
 from worker.settings import get_settings
@@ -36,6 +38,7 @@ from worker.stage_runner import (
     finish_extract_if_done,
     finish_item,
     one_line,
+    relative_paths,
     sha256_file,
     update_extract_progress,
 )
@@ -92,6 +95,19 @@ def _jsonable(obj: Any) -> Any:
 # stage bodies
 
 
+def _source_changed(ctx: StageContext, item: ExtractionItem) -> bool:
+    """Whether a succeeded item must be extracted again: its output is gone, or its video's inode
+    changed (ctime: replaced, rewritten, renamed into place — touching it counts too) after the output
+    was written. A false alarm costs one hash: ``extract_video`` keeps an output made from the
+    same bytes (``source_sha256``)."""
+    out = Path(item.output_path) if item.output_path else None
+    video = ctx.dataset_root / "AVE" / f"{item.video_id}.mp4"
+    try:
+        return out is None or video.stat().st_ctime_ns > out.stat().st_mtime_ns
+    except OSError:  # output or video missing: extract again (a missing video fails with its reason)
+        return True
+
+
 def body_extract(ctx: StageContext) -> None:
     """Fan out: one item row + one ``extract_item`` task per video; the last item finishes the stage."""
     ds = _dataset(ctx)
@@ -100,11 +116,15 @@ def body_extract(ctx: StageContext) -> None:
     video_ids = sorted({r.video_id for r in ds.rows})
     with session_scope(ctx.url) as s:
         have = {i.video_id: i for i in s.scalars(select(ExtractionItem).where(ExtractionItem.stage_id == ctx.stage_id))}
-        for item in have.values():  # a re-run or redelivered fan-out: re-queue what is not final
-            if item.status in (ItemStatus.PENDING, ItemStatus.QUEUED, ItemStatus.RUNNING):
-                item.status = ItemStatus.QUEUED
-                item.celery_task_id = uuid.uuid4().hex
-                item.updated_at = utcnow()
+        redo = 0
+        for item in have.values():  # a re-run or redelivered fan-out: re-queue what is not done
+            if item.status == ItemStatus.SUCCEEDED and not _source_changed(ctx, item):
+                continue
+            redo += item.status in (ItemStatus.SUCCEEDED, ItemStatus.FAILED)
+            item.status = ItemStatus.QUEUED
+            item.reason = None
+            item.celery_task_id = uuid.uuid4().hex
+            item.updated_at = utcnow()
         # new items are inserted already queued with their token: one batched INSERT, no UPDATEs
         new = [ExtractionItem(stage_id=ctx.stage_id, pipeline_id=ctx.pipeline_id, video_id=vid,
                               status=ItemStatus.QUEUED, celery_task_id=uuid.uuid4().hex, updated_at=utcnow())
@@ -114,7 +134,8 @@ def body_extract(ctx: StageContext) -> None:
         messages = [(item.id, item.celery_task_id or "") for item in [*have.values(), *new]
                     if item.status == ItemStatus.QUEUED]
         update_extract_progress(s, ctx.stage_id)
-    ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do) at size {ctx.config.extract.size}")
+    ctx.callbacks.log(f"extracting {len(video_ids)} videos ({len(messages)} to do, {redo} of them failed before "
+                      f"or changed since) at size {ctx.config.extract.size}")
     from worker.orchestration import _send_all
 
     _send_all(("item", item_id, "cpu", token) for item_id, token in messages)
@@ -122,6 +143,15 @@ def body_extract(ctx: StageContext) -> None:
         with session_scope(ctx.url) as s:
             finish_extract_if_done(s, ctx.stage_id)
     raise FanOut()
+
+
+def _record_history(ctx: StageContext, result: Any) -> None:
+    """Upsert every epoch of the run's history (the checkpoint's included): an epoch that finished
+    on a worker cut off before it could write its row is recorded by the attempt that resumed."""
+    from sta_models.callbacks import EpochMetrics
+
+    for h in getattr(result, "history", None) or []:
+        ctx.callbacks.on_epoch(EpochMetrics(**{k: h.get(k) for k in EpochMetrics.__dataclass_fields__}))
 
 
 def _branch_phase(kind: str) -> tuple[str, str]:
@@ -138,6 +168,7 @@ def body_train_branch(ctx: StageContext) -> None:
     cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
     result = train_branch(branch, {"train": splits["train"], "val": splits["val"]}, feature_dir,
                           ctx.output_dir, cfg, ctx.callbacks, resume=True)
+    _record_history(ctx, result)
     ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("history", None)
@@ -198,6 +229,7 @@ def body_train_sta(ctx: StageContext) -> None:
     splits = _splits(ctx, feature_dir)
     result = train_sta({"train": splits["train"], "val": splits["val"]}, feature_dir, ctx.dirs["pseudo_gt"],
                        ctx.output_dir, ctx.config.sta, ctx.callbacks, resume=True)
+    _record_history(ctx, result)
     ctx.summary = _jsonable(getattr(result, "record", None) or {"epochs": getattr(result, "epochs_done", None)})
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("history", None)
@@ -222,9 +254,14 @@ BODIES: dict[str, Callable[[StageContext], None]] = {
 
 
 def _before(ctx: StageContext) -> None:
-    """Test-only fault hook (STAPIPE_FAULTS, see worker.faults) before the library is called."""
-    with session_scope(ctx.url) as s:
-        attempts = s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
+    """Before the library is called: the test-only fault hook (STAPIPE_FAULTS, see worker.faults),
+    then the stage's device names against this worker's GPUs."""
+    def read() -> int:
+        with session_scope(ctx.url) as s:
+            return s.scalar(select(Stage.attempts).where(Stage.id == ctx.stage_id)) or 0
+
+    attempts = retry(read, "reading the attempt count", ctx.outage_s)
+    check_stage_devices(ctx.kind, ctx.config, ctx.host)
     maybe_inject(ctx.kind, attempts, ctx.callbacks)
 
 
@@ -236,12 +273,20 @@ def _before(ctx: StageContext) -> None:
 def run_stage(self: Any, stage_id: int) -> str:
     """Run one stage; the message's task id is the stage's claim token."""
     settings = get_settings()
-    with session_scope(settings.db_url) as s:
-        kind = s.scalar(select(Stage.kind).where(Stage.id == stage_id))
-    if kind is None:
-        return "dropped"
-    return execute_stage(settings.db_url, stage_id, self.request.id, _host(self), settings.max_attempts,
-                         BODIES[kind], before=_before)
+
+    def read_kind() -> str | None:
+        with session_scope(settings.db_url) as s:
+            return s.scalar(select(Stage.kind).where(Stage.id == stage_id))
+
+    try:
+        kind = retry(read_kind, f"reading stage {stage_id}", settings.db_outage_s)
+        if kind is None:
+            return "dropped"
+        return execute_stage(settings.db_url, stage_id, self.request.id, _host(self), settings.max_attempts,
+                             BODIES[kind], before=_before, outage_s=settings.db_outage_s)
+    except DatabaseUnavailable as exc:  # not claimed yet: the same message (same token) comes back later
+        log.warning("stage %s: %s; message re-sent", stage_id, exc)
+        raise self.retry(countdown=settings.recovery_interval_s, max_retries=None) from exc
 
 
 @app.task(name=TASK_ITEM, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -269,7 +314,7 @@ def extract_item(self: Any, item_id: int) -> str:
 
             extract_video(job.video, job.out, size=job.size, video_id=job.video_id)
         except Exception as exc:  # every failure is a per-video reason; the stage decides later
-            status, reason = ItemStatus.FAILED, (str(exc).strip().splitlines() or [one_line(exc)])[0][:500]
+            status, reason = ItemStatus.FAILED, (relative_paths(str(exc)).strip().splitlines() or [one_line(exc)])[0][:500]
     seconds = time.perf_counter() - t0
     if status == ItemStatus.SUCCEEDED and not job.skip:
         try:  # hashed here, outside the result transaction (no lock held while reading the file)

@@ -40,8 +40,8 @@ def pg_url() -> Iterator[str]:
 def _truncate_pg(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE pipelines, stages, extraction_items, epoch_metrics, artefacts "
-                          "RESTART IDENTITY CASCADE"))
+        conn.execute(text("TRUNCATE pipelines, stages, extraction_items, epoch_metrics, artefacts, "
+                          "auth_sessions, auth_failures RESTART IDENTITY CASCADE"))
     engine.dispose()
 
 

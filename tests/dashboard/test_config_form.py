@@ -53,7 +53,7 @@ def test_overrides_apply_with_dots_wildcards_and_nesting() -> None:
         ({"sta.lr": "0"}, "sta.lr", "must be more than 0"),
         ({"sta.lr": "abc"}, "sta.lr", "must be a number"),
         ({"sta.decay_epochs": "5, x"}, "sta.decay_epochs", "whole epoch numbers"),
-        ({"sta.decay_epochs": "0"}, "sta.decay_epochs", "decay epochs must be >= 1"),
+        ({"sta.decay_epochs": "0"}, "sta.decay_epochs", "decay epochs must be between 1 and 1000"),
         ({"coarse.s.backbone": "vgg16"}, "coarse.s.backbone", "must be 'resnext101_32x8d', 'resnet50' or 'resnet18'"),
         ({"extract.size": "8"}, "extract.size", "must be at least 32"),
         ({"no.such": 1}, "no.such", "unknown setting"),

@@ -23,14 +23,18 @@ def _diff(url: str) -> list:
         engine.dispose()
 
 
-def _check_schema(url: str) -> None:
-    assert current(url) is None
-    upgrade(url)
+def _head() -> str:
     from alembic.script import ScriptDirectory
 
     from db.migrate import alembic_config
 
-    assert current(url) == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
+
+
+def _check_schema(url: str) -> None:
+    assert current(url) is None
+    upgrade(url)
+    assert current(url) == _head()
     assert _diff(url) == []
     upgrade(url)  # idempotent: a second worker/dashboard start changes nothing
     engine = make_engine(url)

@@ -1,7 +1,7 @@
 """workers table (online workers, kept by the workers); reused stages stored as "reused"
 
 Revision ID: 0004_dash
-Revises: 0001
+Revises: 0002_faults
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_dash"
-down_revision = "0001"
+down_revision = "0002_faults"
 branch_labels = None
 depends_on = None
 
