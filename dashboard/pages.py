@@ -30,7 +30,7 @@ from .config_form import (
 )
 from .database import db_session
 from .formatting import human_size
-from .params import int_arg
+from .params import INT_MAX, int_arg
 from .paths import display_dataset_root
 from .previews import artefact_groups, group_previews
 from .results import ablation_view, dataset_view, evaluation, headline, per_video_rows
@@ -84,7 +84,7 @@ def clone_source(raw: str | None) -> Pipeline | None:
     """The pipeline a "New pipeline from this one" form starts from (``?from=ID``); 404 if unknown."""
     if not raw:
         return None
-    if not raw.isdigit():
+    if not raw.isdigit() or int(raw) > INT_MAX:
         raise NotFound(f"no pipeline {raw[:20]!r}")
     return pipeline_or_404(int(raw))
 
