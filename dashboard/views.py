@@ -66,6 +66,7 @@ def stage_json(s: Stage) -> dict[str, Any]:
         "progress": {"done": s.progress_done, "failed": s.progress_failed, "total": s.progress_total,
                      "what": s.progress_what},
         "summary": s.summary,
+        "warnings": list((s.summary or {}).get("warnings") or []) if isinstance(s.summary, dict) else [],
         "rerunnable": s.status in RERUNNABLE,
         "url": url_for("pages.stage", stage_id=s.id),
     }
