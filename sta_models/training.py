@@ -68,7 +68,12 @@ class BranchTask(SplitDatasetTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return param_groups(model)  # type: ignore[arg-type]
+        groups = param_groups(model)  # type: ignore[arg-type]
+        if self.recipe is not None and self.recipe.backbone_lr_mult != 1.0:
+            for g in groups:
+                if g["name"].startswith("backbone"):
+                    g["lr_mult"] *= self.recipe.backbone_lr_mult
+        return groups
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)

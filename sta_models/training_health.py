@@ -47,7 +47,7 @@ def branch_warnings(history: Sequence[dict[str, Any]], n_classes: int, name: str
         if best < CHANCE_MARGIN * chance:
             out.append({"code": "at_chance", "message": (
                 f"{name}: best val top-1 {best:.3f} is below {CHANCE_MARGIN:g}× chance "
-                f"({chance:.3f}, {n_classes} classes) after {len(history)} epochs")})
+                f"({chance:.3f}, {n_classes} classes) after {len(history)} epoch{'s' if len(history) != 1 else ''}")})
     if history:
         ratio = (history[-1].get("extra") or {}).get("cam_peak")
         if _finite(ratio) and float(ratio) < FLAT_CAM_RATIO:
