@@ -36,7 +36,7 @@ class ScratchRecipe:
     classifier_std: float = 0.01
     warmup_epochs: float = 1.0
     clip_norm: float | None = 5.0
-    backbone_lr_mult: float = 1.0  # extra factor on the random-init backbone/audio groups' lr_mult
+    lr_scale: float = 3.0  # every group's lr ×3 (SPEC's lr assumes features that already exist)
 
     def record(self) -> dict[str, Any]:
         return asdict(self)

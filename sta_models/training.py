@@ -69,10 +69,9 @@ class BranchTask(SplitDatasetTask):
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         groups = param_groups(model)  # type: ignore[arg-type]
-        if self.recipe is not None and self.recipe.backbone_lr_mult != 1.0:
+        if self.recipe is not None:
             for g in groups:
-                if g["name"].startswith("backbone"):
-                    g["lr_mult"] *= self.recipe.backbone_lr_mult
+                g["lr_mult"] *= self.recipe.lr_scale
         return groups
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:

@@ -15,7 +15,7 @@ from typing import Any
 #: best val top-1 below this multiple of chance counts as "at chance"
 CHANCE_MARGIN = 1.5
 #: mean true-class CAM max/mean below this counts as "flat" (1.0 = perfectly uniform map)
-FLAT_CAM_RATIO = 1.5
+FLAT_CAM_RATIO = 1.25
 
 
 def _finite(v: Any) -> bool:
