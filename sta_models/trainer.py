@@ -327,13 +327,17 @@ RESUME_FIELDS = ("lr", "decay_epochs", "lr_decay", "weight_decay", "momentum", "
                  "input_size", "backbone_weights", "audio_weights", "scratch_recipe", "deterministic")
 
 
+#: what a checkpoint written before a field existed was trained with (the recipe came later)
+LEGACY_VALUES = {"scratch_recipe": "off"}
+
+
 def settings_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """``{field: (checkpoint's value, new value)}`` for every :data:`RESUME_FIELDS` that differs."""
     defaults = TrainConfig.model_fields
     now = new.model_dump()
     out = {}
     for name in RESUME_FIELDS:
-        was = old.get(name, defaults[name].default)
+        was = old.get(name, LEGACY_VALUES.get(name, defaults[name].default))
         if was != now[name]:
             out[name] = (was, now[name])
     return out
@@ -426,6 +430,8 @@ def keep_after_success(out_dir: Path, keep: str, best_epoch: int | None, last_ep
     last = out_dir / LAST
     if keep != "all":
         last.unlink(missing_ok=True)
+        for bad in out_dir.glob("*.pt.corrupt"):  # the log said why they were set aside
+            bad.unlink()
         return
     if last.exists() and best_epoch == last_epoch:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -552,11 +558,15 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
     ckpt = load_resumable(out_dir, meta, callbacks) if resume else None
     reconcile(out_dir, ckpt["best"]["epoch"] if ckpt else None)
     if ckpt is not None:
-        changes = settings_changes(ckpt["config"], cfg)
-        if changes and cfg.on_resume_change != "apply":
-            listed = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items())
+        new = settings_changes(ckpt["config"], cfg)
+        recipe_now = recipe.name if recipe is not None else None
+        if "recipe" in ckpt and ckpt["recipe"] != recipe_now:
+            new["recipe"] = (ckpt["recipe"], recipe_now)
+        listed = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in new.items())
+        if new and cfg.on_resume_change != "apply":
             raise ValueError(f"cannot resume after epoch {ckpt['epoch']}: the training settings changed ({listed}); "
-                             f"restore them, set on_resume_change: apply, or start the stage afresh")
+                             f"restore them, set on_resume_change: apply, or delete {short_path(last_path)} "
+                             f"and prev.pt to start afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -566,12 +576,11 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
         ahead = _checkpoint_best(best_path)
         if ahead is not None and (ahead["epoch"] or 0) > start_epoch:
             best = ahead  # fell back to prev.pt: best.pt is newer and stays what the record names
-        changes = {**dict(ckpt.get("resume_changes", {})), **changes}
         callbacks.log(f"resuming after epoch {start_epoch}")
-        if settings_changes(ckpt["config"], cfg):
+        if new:
             _apply_settings(opt, sched, cfg, start_epoch)
-            callbacks.log(f"applying changed settings from epoch {start_epoch + 1}: "
-                          + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items()))
+            callbacks.log(f"applying changed settings from epoch {start_epoch + 1}: {listed}")
+        changes = {**dict(ckpt.get("resume_changes", {})), **new}
     changes_json = {k: [a, b] for k, (a, b) in changes.items()}
 
     def snapshot(epoch: int) -> dict[str, Any]:
@@ -579,7 +588,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "meta": meta, "config": cfg.model_dump(),
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "sampler": sampler.state(), "rng": _rng_state(), "history": history, "best": best,
-            "resume_changes": changes_json,
+            "resume_changes": changes_json, "recipe": recipe.name if recipe is not None else None,
         }
 
     def weights_only(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:

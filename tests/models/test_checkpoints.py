@@ -158,6 +158,9 @@ def test_disk_full_is_one_clear_error_and_a_rerun_resumes(tmp_path: Path) -> Non
     msg = str(err.value)
     assert msg.startswith("no space left on device (") and "bytes free)" in msg and err.value.errno == 28
     assert str(tmp_path) not in msg  # no absolute server path
+    from worker.stage_runner import one_line
+
+    assert one_line(err.value) == f"DiskFull: {msg}"  # the stage's error_summary
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # temporaries removed
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the last good epoch is intact
     # space freed (the links are gone): a re-run resumes after epoch 1
@@ -189,6 +192,7 @@ def test_unreadable_last_falls_back_to_prev_then_to_a_fresh_start(tmp_path: Path
     res = fit(_Counting(), cfg, tmp_path / "b", _cbs(log))
     assert res.resumed_from == 0 and res.epochs_done == 3
     assert any("prev.pt" in line and "starting afresh" in line for line in log)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["best.pt"]  # set-aside files gone after success
 
 
 def test_retention_after_success(tmp_path: Path) -> None:
