@@ -44,6 +44,11 @@ class ScratchRecipe:
 
 RECIPE = ScratchRecipe()
 
+#: branches that get the recipe from random init. S is left at SPEC: it has a single N(0, 0.01)
+#: layer before its logits (class-map std 0.2, it learns), and the recipe's larger steps made it
+#: worse on the tiny set (best val top-1 0.42 against 0.67 with SPEC init; docs/method-notes.md).
+APPLIES_TO = ("sa", "st")
+
 
 def random_sources(weights: Mapping[str, str]) -> list[str]:
     """Which pretrained-role networks (``backbone``, ``audio``) start from random init."""

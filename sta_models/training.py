@@ -26,7 +26,7 @@ from sta_models.networks.branches import (
     param_groups,
     run_branch,
 )
-from sta_models.scratch import RECIPE, ScratchRecipe, random_sources, scratch_init
+from sta_models.scratch import APPLIES_TO, RECIPE, ScratchRecipe, random_sources, scratch_init
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record
 from sta_models.training_health import branch_warnings
 
@@ -43,8 +43,8 @@ class BranchTask(SplitDatasetTask):
     Validation: CE loss as in training, top-1 accuracy of the frame prediction
     (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy; and
     ``cam_peak``, the mean max/mean of the true-class CAM (1 = flat; the health check reads it).
-    A random-init network gets the from-scratch recipe (``sta_models.scratch``) unless
-    ``cfg.scratch_recipe == "off"``; ``recipe`` says which (None = SPEC §3).
+    A random-init SA or ST gets the from-scratch recipe (``sta_models.scratch``) unless
+    ``cfg.scratch_recipe == "off"``; ``recipe`` says which (None = SPEC §3; always for S).
     """
 
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
@@ -62,7 +62,7 @@ class BranchTask(SplitDatasetTask):
                              audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weights_record()
         self.recipe = None
-        if self.cfg.scratch_recipe == "auto" and random_sources(self.weights):
+        if self.cfg.scratch_recipe == "auto" and self.branch in APPLIES_TO and random_sources(self.weights):
             self.recipe = RECIPE
             scratch_init(model.new_modules(), model.logit_layers(), RECIPE.classifier_std)
         return model
