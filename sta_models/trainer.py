@@ -28,11 +28,15 @@ identical with 0 or N worker processes and across resume. Datasets must accept s
 ``datasets.FeatureDataset.__getitem__``).
 
 Checkpoints: ``out_dir/last.pt`` after every epoch (and an epoch-0 one before training, so a
-cancel always leaves a consistent file), ``out_dir/best.pt`` (model + meta + metrics, best
-``score`` on the validation split only; without a validation split, best = last). Both written to a
-temporary name and ``os.replace``-d. ``resume=True`` restores model, optimiser, scheduler, sampler
-generator and RNG states from ``last.pt`` and continues after its epoch; ``on_epoch`` is never
-emitted again for epochs already done (their metrics are in ``TrainResult.history``).
+cancel always leaves a consistent file) with the previous one kept as ``prev.pt``, and
+``out_dir/best.pt`` (weights + meta + metrics, best ``score`` on the validation split only; without
+a validation split, best = last), written in the crash-safe order of :func:`commit_epoch`.
+``resume=True`` restores model, optimiser, scheduler, sampler generator and RNG states from
+``last.pt`` (``prev.pt`` if it is unreadable) and continues after its epoch — refused when the
+training settings changed (:data:`RESUME_FIELDS`) unless ``cfg.on_resume_change == "apply"``;
+``on_epoch`` is never emitted again for epochs already done (their metrics are in
+``TrainResult.history``). After the last epoch only ``best.pt`` stays (``cfg.keep_checkpoints``).
+A task may carry ``recipe`` (``sta_models.scratch.ScratchRecipe``): warm-up and clipping then apply.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def at_chance_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A real SA record: SPEC init from random weights, 1 epoch, learns nothing → at chance, flat CAMs."""
+    """A real SA record: random init (so the from-scratch recipe), 1 epoch at a tiny lr → at chance."""
     root = tmp_path_factory.mktemp("sa")
     feat = root / "features"
     feat.mkdir()
@@ -38,7 +38,7 @@ def at_chance_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
             write_features(feat / f"v{c}{j}.h5", c, seconds=3, seed=10 * c + j)
             rows["val" if j else "train"].append(make_row(f"v{c}{j}", c, 0, 3))
     cfg = TrainConfig(backbone="resnet18", input_size=32, epochs=1, batch_size=9, lr=1e-4, workers=0,
-                      device="cpu", scratch_recipe="off")
+                      device="cpu")
     result = train_branch("sa", rows, feat, root / "out", cfg, use_cache=False)
     summary = _jsonable(result.record)  # what worker.tasks.body_train_branch stores
     summary.pop("history", None)
@@ -49,7 +49,7 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
                                               session: Session, settings: Settings, artifacts_dir: Path) -> None:
     api = browser_client  # GETs with the session cookie
     codes = [w["code"] for w in at_chance_summary["warnings"]]
-    assert "at_chance" in codes and "flat_cam" in codes
+    assert "at_chance" in codes and at_chance_summary["recipe"]["name"] == "scratch-v1"
     p = make_pipeline(session, settings, statuses={"train_s_coarse": "succeeded", "train_sa_coarse": "succeeded"})
     stage = stage_of(p, "train_sa_coarse")
     stage.summary = at_chance_summary
@@ -62,6 +62,7 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
 
     stage_html = browser_client.get(f"/stages/{stage.id}").get_data(as_text=True)
     assert 'id="stage-warnings"' in stage_html and "below 1.5× chance" in stage_html
+    assert 'id="stage-recipe"' in stage_html and "scratch-v1" in stage_html and "audio, backbone from random init" in stage_html
     pipe_html = browser_client.get(f"/pipelines/{p.id}").get_data(as_text=True)
     assert 'id="pipeline-warnings"' in pipe_html and 'data-kind="train_sa_coarse" data-code="at_chance"' in pipe_html
 
