@@ -32,7 +32,7 @@ class ScratchRecipe:
     """What changes against SPEC §3 for a network trained from random init (recorded as is)."""
 
     name: str = "scratch-v1"
-    init: str = "kaiming fan-in (ReLU gain) for new layers; logit layers N(0, classifier_std)"
+    init: str = "He (Kaiming fan-in, ReLU gain) init of the new layers; logit layers N(0, 0.01)"
     classifier_std: float = 0.01
     warmup_epochs: float = 1.0
     clip_norm: float | None = 5.0
