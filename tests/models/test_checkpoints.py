@@ -231,3 +231,36 @@ def test_deterministic_mode_is_set_and_restored() -> None:
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
         assert not torch.backends.cudnn.benchmark
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+KILL_IN_WINDOW = """
+import os, sys
+from pathlib import Path
+from sta_models import trainer
+from sta_models.config import TrainConfig
+from tests.models.test_checkpoints import BASE, _Counting
+real = os.replace
+def replace(src, dst):
+    if Path(dst).name == "best.pt" and trainer.load_checkpoint(src)["epoch"] == 2:
+        os._exit(9)  # the process dies between last.pt and best.pt: no finally, no cleanup
+    return real(src, dst)
+trainer.os.replace = replace
+trainer.fit(_Counting(), TrainConfig(**BASE), Path(sys.argv[1]))
+"""
+
+
+def test_a_process_killed_in_the_window_resumes_consistently(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_WINDOW, str(tmp_path)], cwd=root, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "last.pt")["best"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1  # the window
+    task = _Counting()
+    task.epochs = [1, 1]
+    res = fit(task, TrainConfig(**BASE), tmp_path)
+    assert res.best_epoch == 2 == load_checkpoint(tmp_path / "best.pt")["epoch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
