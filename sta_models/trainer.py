@@ -600,8 +600,8 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
                 "model": state["model"], "metrics": metrics, "best": best}
 
     if start_epoch == 0:
-        for stale in (best_path, out_dir / PREV):
-            stale.unlink(missing_ok=True)  # a fresh run never inherits an older run's files
+        for stale in (best_path, out_dir / PREV, last_path):
+            stale.unlink(missing_ok=True)  # a fresh run never inherits (or falls back to) an older run's files
         commit_epoch(out_dir, snapshot(0), None)  # a cancel before epoch 1 still leaves a valid file
 
     n_batches = len(train_loader)
