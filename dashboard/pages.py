@@ -42,12 +42,6 @@ bp = Blueprint("pages", __name__)
 PREVIEW_LIMIT = 48
 
 
-def pipeline_warnings(session, pipeline_ids: list[int]) -> dict[int, list[str]]:  # type: ignore[no-untyped-def]
-    """HOOK for the health warnings the "train" engineer stores on stages: pipeline id → one-line
-    warnings, shown in the list's "Warnings" column. Empty until that storage is merged."""
-    return {}
-
-
 @bp.get("/")
 def pipelines():  # type: ignore[no-untyped-def]
     page = int_arg("page", 1, lo=1, hi=1_000_000)
@@ -57,7 +51,7 @@ def pipelines():  # type: ignore[no-untyped-def]
     return render_template("pipelines.html", result=result, data_dir=settings().data_dir,
                            display_root=display_dataset_root,
                            headlines={pid: headline(s) for pid, s in evaluate.items()},
-                           warnings=pipeline_warnings(session, [p.id for p, _ in result.items]))
+                           warnings=queries.stage_warnings(session, [p.id for p, _ in result.items]))
 
 
 def _form_page(values: dict[str, str], errors: dict[str, str], status: int = 200,  # type: ignore[no-untyped-def]

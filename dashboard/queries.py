@@ -94,6 +94,19 @@ def stages_of_kind(session: Session, pipeline_ids: list[int], kind: str) -> dict
     return {s.pipeline_id: s for s in rows}
 
 
+def stage_warnings(session: Session, pipeline_ids: list[int]) -> dict[int, list[str]]:
+    """Pipeline id → the health warnings its stages stored (``summary["warnings"]``), one line each."""
+    out: dict[int, list[str]] = {}
+    if not pipeline_ids:
+        return out
+    rows = session.execute(select(Stage.pipeline_id, Stage.kind, Stage.summary)
+                           .where(Stage.pipeline_id.in_(pipeline_ids)).order_by(Stage.id))
+    for pid, kind, summary in rows:
+        for w in (summary or {}).get("warnings") or []:
+            out.setdefault(pid, []).append(f"{kind}: {w.get('message', w) if isinstance(w, dict) else w}")
+    return out
+
+
 def get_pipeline(session: Session, pipeline_id: int) -> Pipeline | None:
     return session.get(Pipeline, pipeline_id)
 

@@ -66,6 +66,7 @@ def stage_json(s: Stage) -> dict[str, Any]:
         "cancel_requested": s.cancel_requested,
         "progress": stage_progress(s),
         "summary": s.summary,
+        "warnings": list((s.summary or {}).get("warnings") or []) if isinstance(s.summary, dict) else [],
         "rerunnable": s.status in RERUNNABLE,
         "url": url_for("pages.stage", stage_id=s.id),
     }

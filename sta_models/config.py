@@ -67,6 +67,15 @@ class TrainConfig(_Strict):
         None, description="torchvision state-dict file; unset = torchvision cache if present, else random init"
     )
     audio_weights: str | None = Field(None, description="VGGSound audio checkpoint file; unset = random init")
+    scratch_recipe: Literal["auto", "off"] = Field(
+        "auto", description="'auto': the from-scratch recipe whenever a network starts from random init "
+        "(docs/method-notes.md); 'off': SPEC §3 exactly even then")
+    deterministic: bool = Field(False, description="deterministic cuDNN and algorithms (exact resume on GPUs)")
+    on_resume_change: Literal["refuse", "apply"] = Field(
+        "refuse", description="a resume whose training settings differ from the checkpoint's: refuse "
+        "(naming the fields) or apply the new values from the next epoch on (recorded)")
+    keep_checkpoints: Literal["needed", "all"] = Field(
+        "needed", description="after success keep only best.pt ('needed') or also last.pt ('all')")
 
     @field_validator("decay_epochs")
     @classmethod

@@ -28,19 +28,26 @@ identical with 0 or N worker processes and across resume. Datasets must accept s
 ``datasets.FeatureDataset.__getitem__``).
 
 Checkpoints: ``out_dir/last.pt`` after every epoch (and an epoch-0 one before training, so a
-cancel always leaves a consistent file), ``out_dir/best.pt`` (model + meta + metrics, best
-``score`` on the validation split only; without a validation split, best = last). Both written to a
-temporary name and ``os.replace``-d. ``resume=True`` restores model, optimiser, scheduler, sampler
-generator and RNG states from ``last.pt`` and continues after its epoch; ``on_epoch`` is never
-emitted again for epochs already done (their metrics are in ``TrainResult.history``).
+cancel always leaves a consistent file) with the previous one kept as ``prev.pt``, and
+``out_dir/best.pt`` (weights + meta + metrics, best ``score`` on the validation split only; without
+a validation split, best = last), written in the crash-safe order of :func:`commit_epoch`.
+``resume=True`` restores model, optimiser, scheduler, sampler generator and RNG states from
+``last.pt`` (``prev.pt`` if it is unreadable) and continues after its epoch — refused when the
+training settings changed (:data:`RESUME_FIELDS`) unless ``cfg.on_resume_change == "apply"``;
+``on_epoch`` is never emitted again for epochs already done (their metrics are in
+``TrainResult.history``). After the last epoch only ``best.pt`` stays (``cfg.keep_checkpoints``).
+A task may carry ``recipe`` (``sta_models.scratch.ScratchRecipe``): warm-up and clipping then apply.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -55,6 +62,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sta_models.callbacks import NO_CALLBACKS, Callbacks, Cancelled, EpochMetrics, epoch_line
 from sta_models.config import TrainConfig
 from sta_models.jsonio import write_json_atomic
+from sta_models.scratch import random_sources, warmup_factor
+from sta_models.training_health import nan_warnings
 
 CHECKPOINT_FORMAT = "stapipe-train-v1"
 
@@ -228,27 +237,70 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+class DiskFull(OSError):
+    """A checkpoint could not be written for lack of space; its temporary file is already gone."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain, or torch's zip writer failing mid-file (its own text)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if isinstance(seen, RuntimeError) and ("unexpected pos" in text or "No space left" in text
+                                               or "failed writing" in text):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def short_path(path: Path) -> str:
+    """``<stage folder>/<file>``: enough to find the file, no absolute server path in messages."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` (never a half file)."""
+    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` (never a half file).
+
+    Any failure removes the temporary file; running out of space raises :class:`DiskFull` with
+    "no space left on device (path, free bytes)" — the files already there are untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and _is_disk_full(exc):
+            free = shutil.disk_usage(path.parent).free
+            full = DiskFull(f"no space left on device ({short_path(path)}, {free} bytes free)")
+            full.errno = errno.ENOSPC
+            raise full from exc
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` onto the CPU, with a clear error when it is not one."""
+    """Load a checkpoint written by :func:`fit` onto the CPU, with a clear error when it is not one.
+
+    A ``last.pt`` whose weights are the same epoch as ``best.pt`` may hold no ``model`` of its own
+    (``model_from`` names the sibling file, see :func:`keep_after_success`); it is filled in here.
+    """
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {short_path(path)}: {first}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a stapipe training checkpoint")
+        raise ValueError(f"{short_path(path)} is not a stapipe training checkpoint")
+    if "model" not in ckpt and ckpt.get("model_from"):
+        ckpt["model"] = load_checkpoint(path.with_name(ckpt["model_from"]))["model"]
     return ckpt
 
 
@@ -271,6 +323,168 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
+# ----------------------------------------------------------------------------- checkpoint files
+LAST, PREV, BEST, PENDING = "last.pt", "prev.pt", "best.pt", "best.pt.pending"
+
+#: settings that change what the next epochs compute; a resume must not silently keep the old ones
+RESUME_FIELDS = ("lr", "decay_epochs", "lr_decay", "weight_decay", "momentum", "batch_size", "seed",
+                 "input_size", "backbone_weights", "audio_weights", "scratch_recipe", "deterministic")
+
+
+#: what a checkpoint written before a field existed was trained with (the recipe came later)
+LEGACY_VALUES = {"scratch_recipe": "off"}
+
+
+def settings_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (checkpoint's value, new value)}`` for every :data:`RESUME_FIELDS` that differs."""
+    defaults = TrainConfig.model_fields
+    now = new.model_dump()
+    out = {}
+    for name in RESUME_FIELDS:
+        was = old.get(name, LEGACY_VALUES.get(name, defaults[name].default))
+        if was != now[name]:
+            out[name] = (was, now[name])
+    return out
+
+
+def commit_epoch(out_dir: Path, state: dict[str, Any], best_state: dict[str, Any] | None) -> None:
+    """Write one epoch's files in the only order no crash can make inconsistent.
+
+    1. ``best.pt.pending`` (only when the epoch improved); 2. the current ``last.pt`` becomes
+    ``prev.pt`` (the fallback, by hard link) and the new state is ``os.replace``-d in as ``last.pt``
+    — **the commit point**; 3. the pending file becomes ``best.pt``. A crash before 2 leaves the previous epoch
+    everywhere (the pending file is dropped on resume); a crash after 2 is completed on resume by
+    :func:`reconcile` (last.pt says which epoch best.pt must hold).
+    """
+    pending, last, prev = out_dir / PENDING, out_dir / LAST, out_dir / PREV
+    if best_state is not None:
+        atomic_save(best_state, pending)
+    tmp_last = out_dir / f".{LAST}.next"
+    atomic_save(state, tmp_last)
+    if last.exists():  # a hard link, so that a last.pt is there at every instant
+        link = out_dir / f".{PREV}.link"
+        link.unlink(missing_ok=True)
+        os.link(last, link)
+        os.replace(link, prev)
+    os.replace(tmp_last, last)
+    if best_state is not None:
+        os.replace(pending, out_dir / BEST)
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable file simply does not count
+        return None
+
+
+def _checkpoint_best(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=False)["best"])
+    except Exception:  # noqa: BLE001 - missing or unreadable: nothing to adopt
+        return None
+
+
+def reconcile(out_dir: Path, last_best_epoch: int | None) -> None:
+    """Finish or drop an interrupted :func:`commit_epoch`: keep ``best.pt.pending`` only if it is
+    the best epoch the committed ``last.pt`` names; stray temporary files go."""
+    pending = out_dir / PENDING
+    if pending.exists():
+        if last_best_epoch is not None and _checkpoint_epoch(pending) == last_best_epoch:
+            os.replace(pending, out_dir / BEST)
+        else:
+            pending.unlink()
+    for tmp in out_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for name in (f".{LAST}.next", f".{PREV}.link"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def load_resumable(out_dir: Path, meta: dict[str, Any], callbacks: Callbacks) -> dict[str, Any] | None:
+    """The newest readable resume state: ``last.pt``, else ``prev.pt`` (said in the log), else None.
+
+    An unreadable file is renamed ``*.corrupt`` so no later run trips over it; a checkpoint of a
+    *different model* is an error, never skipped silently.
+    """
+    for name in (LAST, PREV):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except ValueError as exc:
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            callbacks.log(f"{exc}; moved it to {path.name}.corrupt and "
+                          f"{'trying prev.pt' if name == LAST else 'starting afresh'}")
+            continue
+        if ckpt["meta"] != meta:
+            raise ValueError(f"{short_path(path)} was written for a different model ({ckpt['meta']}); "
+                             f"move it away or run with resume=False")
+        if name == PREV:
+            callbacks.log(f"resuming from the previous checkpoint prev.pt (epoch {ckpt['epoch']})")
+        return ckpt
+    return None
+
+
+def keep_after_success(out_dir: Path, keep: str, best_epoch: int | None, last_epoch: int) -> None:
+    """After the last epoch: ``needed`` keeps only ``best.pt`` (weights; all that CAMs, STA,
+    reuse and inference read); ``all`` also keeps ``last.pt`` — without a second copy of the
+    weights when best and last are the same epoch (``model_from: best.pt``)."""
+    (out_dir / PREV).unlink(missing_ok=True)
+    last = out_dir / LAST
+    if keep != "all":
+        last.unlink(missing_ok=True)
+        for bad in out_dir.glob("*.pt.corrupt"):  # the log said why they were set aside
+            bad.unlink()
+        return
+    if last.exists() and best_epoch == last_epoch:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if "model" in ckpt:
+            ckpt.pop("model")
+            atomic_save({**ckpt, "model_from": BEST}, last)
+
+
+def finished_run(out_dir: Path, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+    """A ``best.pt`` that says its run finished with this model and settings (its last.pt gone)."""
+    best = out_dir / BEST
+    if (out_dir / LAST).exists() or not best.exists():
+        return None
+    try:
+        ckpt = load_checkpoint(best)
+    except ValueError:
+        return None
+    if ckpt["meta"] != meta:
+        raise ValueError(f"{short_path(best)} was written for a different model ({ckpt['meta']}); "
+                         f"move it away or run with resume=False")
+    done = ckpt.get("finished")
+    if not done or settings_changes(ckpt["config"], cfg) or done["epochs"] != cfg.epochs:
+        return None
+    return ckpt
+
+
+class DeterministicMode:
+    """``train.deterministic``: deterministic cuDNN and algorithms for the run, restored after."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> DeterministicMode:
+        if self.on:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            self._saved = (torch.are_deterministic_algorithms_enabled(),
+                           torch.is_deterministic_algorithms_warn_only_enabled(),
+                           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.on:
+            algos, warn, cudnn_det, bench = self._saved
+            torch.use_deterministic_algorithms(algos, warn_only=warn)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_det, bench
+
+
 # ----------------------------------------------------------------------------- fit
 def fit(
     task: TrainTask,
@@ -280,9 +494,30 @@ def fit(
     resume: bool = True,
 ) -> TrainResult:
     """Train ``task`` for ``cfg.epochs`` epochs in total (see the module docstring)."""
-    out_dir = Path(out_dir)
+    with DeterministicMode(cfg.deterministic):
+        return _fit(task, cfg, Path(out_dir), callbacks, resume)
+
+
+def _apply_settings(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig, epochs_done: int) -> None:
+    """Put the new config's lr schedule, weight decay and momentum on a resumed optimiser."""
+    sched.milestones = Counter(cfg.decay_epochs)
+    sched.gamma = cfg.lr_decay
+    factor = cfg.lr_decay ** sum(1 for m in cfg.decay_epochs if m <= epochs_done)
+    for g in opt.param_groups:
+        g["initial_lr"] = cfg.lr * float(g.get("lr_mult", 1.0))
+        g["lr"] = g["initial_lr"] * factor
+        g["weight_decay"], g["momentum"] = cfg.weight_decay, cfg.momentum
+        g["nesterov"] = cfg.momentum > 0
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks, resume: bool) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path, best_path = out_dir / LAST, out_dir / BEST
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
 
@@ -291,6 +526,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     meta = task.meta()
+    recipe = getattr(task, "recipe", None)
     groups = task.param_groups(model)
     model.to(device)
     if cuda:
@@ -311,39 +547,84 @@ def fit(
 
     start_epoch, history = 0, []
     best: dict[str, Any] = {"score": None, "epoch": None}
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt["meta"] != meta:
-            raise ValueError(
-                f"{last_path} was written for a different model ({ckpt['meta']}); "
-                f"move it away or run with resume=False"
-            )
+    changes: dict[str, tuple[Any, Any]] = {}
+    done = finished_run(out_dir, meta, cfg) if resume else None
+    if done is not None:  # finished earlier and its last.pt was let go: nothing to do
+        callbacks.log(f"already trained: {best_path.name} holds the finished run (best epoch {done['best']['epoch']})")
+        fin = done["finished"]
+        return TrainResult(out_dir=out_dir, last_checkpoint=last_path, best_checkpoint=best_path,
+                           epochs_done=fin["epochs"], best_epoch=done["best"]["epoch"],
+                           best_score=done["best"]["score"], history=list(fin["history"]),
+                           resumed_from=fin["epochs"], device=str(device),
+                           record={"recipe": fin.get("recipe"), "resume_changes": fin.get("resume_changes", {})})
+    if resume and best_path.exists() and not last_path.exists() and not (out_dir / PREV).exists():
+        callbacks.log(f"{best_path.name} is a finished run with other settings or epochs: training afresh")
+    ckpt = load_resumable(out_dir, meta, callbacks) if resume else None
+    reconcile(out_dir, ckpt["best"]["epoch"] if ckpt else None)
+    if ckpt is not None:
+        new = settings_changes(ckpt["config"], cfg)
+        recipe_now = recipe.name if recipe is not None else None
+        if "recipe" in ckpt and ckpt["recipe"] != recipe_now:
+            new["recipe"] = (ckpt["recipe"], recipe_now)
+        listed = ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in new.items())
+        if new and cfg.on_resume_change != "apply":
+            raise ValueError(f"cannot resume after epoch {ckpt['epoch']}: the training settings changed ({listed}); "
+                             f"restore them, set on_resume_change: apply, or delete {short_path(last_path)} "
+                             f"and prev.pt to start afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         sampler.load_state(ckpt["sampler"])
         _set_rng_state(ckpt["rng"])
         start_epoch, history, best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
-        callbacks.log(f"resuming from {last_path} after epoch {start_epoch}")
+        ahead = _checkpoint_best(best_path)
+        if ahead is not None and (ahead["epoch"] or 0) > start_epoch:
+            best = ahead  # fell back to prev.pt: best.pt is newer and stays what the record names
+        callbacks.log(f"resuming after epoch {start_epoch}")
+        if new:
+            _apply_settings(opt, sched, cfg, start_epoch)
+            callbacks.log(f"applying changed settings from epoch {start_epoch + 1}: {listed}")
+        changes = {**dict(ckpt.get("resume_changes", {})), **new}
+    changes_json = {k: [a, b] for k, (a, b) in changes.items()}
 
     def snapshot(epoch: int) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "meta": meta, "config": cfg.model_dump(),
             "model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "sampler": sampler.state(), "rng": _rng_state(), "history": history, "best": best,
+            "resume_changes": changes_json, "recipe": recipe.name if recipe is not None else None,
         }
 
+    def weights_only(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "epoch": state["epoch"], "meta": meta, "config": cfg.model_dump(),
+                "model": state["model"], "metrics": metrics, "best": best}
+
     if start_epoch == 0:
-        best_path.unlink(missing_ok=True)  # a fresh run never inherits an older run's best
-        atomic_save(snapshot(0), last_path)  # a cancel before epoch 1 still leaves a valid file
+        for stale in (best_path, out_dir / PREV, last_path):
+            stale.unlink(missing_ok=True)  # a fresh run never inherits (or falls back to) an older run's files
+        commit_epoch(out_dir, snapshot(0), None)  # a cancel before epoch 1 still leaves a valid file
 
     n_batches = len(train_loader)
+    # BatchNorm must not learn statistics from a last batch of one sample: that batch is skipped
+    skip_last = len(train_ds) % cfg.batch_size == 1 and len(train_ds) > 1 and _has_batchnorm(model)
+    if skip_last:
+        callbacks.log(f"the last training batch of each epoch has 1 sample ({len(train_ds)} samples, batch "
+                      f"{cfg.batch_size}); it is skipped so BatchNorm never updates from it")
+    params = [p for g in opt.param_groups for p in g["params"]]
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         loss_sum, n_sum = 0.0, 0
+        scheduled = [g["lr"] for g in opt.param_groups]
         for i, batch in enumerate(train_loader):
             callbacks.check_cancel()  # last.pt already holds the last complete epoch
+            if skip_last and i == n_batches - 1:
+                callbacks.on_progress(i + 1, n_batches, f"epoch {epoch}")
+                continue
+            if recipe is not None and recipe.warmup_epochs > 0:
+                f = warmup_factor((epoch - 1) * n_batches + i, n_batches, recipe.warmup_epochs)
+                for g, lr in zip(opt.param_groups, scheduled, strict=True):
+                    g["lr"] = lr * f
             with autocast_for(device):
                 loss, n = task.loss(model, batch, device)
             value = float(loss.detach())
@@ -354,10 +635,14 @@ def fit(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe is not None and recipe.clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, recipe.clip_norm)
             opt.step()
             loss_sum += value * n
             n_sum += n
             callbacks.on_progress(i + 1, n_batches, f"epoch {epoch}")
+        for g, lr in zip(opt.param_groups, scheduled, strict=True):
+            g["lr"] = lr  # the warm-up never leaks into the scheduler's state
         train_seconds = time.perf_counter() - t0
         lr_used = base_lr(opt)
         sched.step()
@@ -389,24 +674,24 @@ def fit(
         if improved:
             best = {"score": score, "epoch": epoch}
         state = snapshot(epoch)
-        atomic_save(state, last_path)
-        if improved:
-            atomic_save(
-                {"format": CHECKPOINT_FORMAT, "epoch": epoch, "meta": meta, "config": cfg.model_dump(),
-                 "model": state["model"], "metrics": metrics.as_dict(), "best": best},
-                best_path,
-            )
+        commit_epoch(out_dir, state, weights_only(state, metrics.as_dict()) if improved else None)
         callbacks.on_epoch(metrics)
         callbacks.log(epoch_line(epoch, cfg.epochs, metrics, seconds))
 
+    final = load_checkpoint(last_path)
     if not best_path.exists():  # resumed a finished run whose best.pt was removed, or epochs == 0
-        ckpt = load_checkpoint(last_path)
-        atomic_save({**{k: ckpt[k] for k in ("format", "epoch", "meta", "config", "model", "best")},
-                     "metrics": ckpt["history"][-1] if ckpt["history"] else {}}, best_path)
+        atomic_save(weights_only(final, final["history"][-1] if final["history"] else {}), best_path)
+    # best.pt says the run is finished, so a later call needs no last.pt to know it (retention)
+    best_ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+    best_ckpt["finished"] = {"epochs": cfg.epochs, "history": history, "resume_changes": changes_json,
+                             "recipe": recipe.record() if recipe is not None else None}
+    atomic_save(best_ckpt, best_path)
+    keep_after_success(out_dir, cfg.keep_checkpoints, best["epoch"], final["epoch"])
     return TrainResult(
         out_dir=out_dir, last_checkpoint=last_path, best_checkpoint=best_path,
         epochs_done=max(start_epoch, len(history)), best_epoch=best["epoch"], best_score=best["score"],
         history=history, resumed_from=start_epoch, device=str(device),
+        record={"recipe": recipe.record() if recipe is not None else None, "resume_changes": changes_json},
     )
 
 
@@ -438,6 +723,10 @@ def fit_and_record(
             callbacks.log(f"{name} {split}: excluded {counts}")
     callbacks.log(f"{name}: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
     result = fit(task, cfg, out_dir, callbacks, resume=resume)  # type: ignore[arg-type]
+    check = getattr(task, "warnings", None)
+    warnings = check(result.history) if check is not None else nan_warnings(result.history)
+    for w in warnings:
+        callbacks.log(f"WARNING {w['code']}: {w['message']}")
     record = {
         **extra,
         "config": cfg.model_dump(),
@@ -452,8 +741,12 @@ def fit_and_record(
         "final_metrics": result.final_metrics(),
         "history": result.history,
         "device": result.device,
-        "last_checkpoint": result.last_checkpoint.name,
+        "last_checkpoint": result.last_checkpoint.name if result.last_checkpoint.exists() else None,
         "best_checkpoint": result.best_checkpoint.name,
+        "recipe": result.record.get("recipe"),
+        "random_init": random_sources(getattr(task, "weights", {})),
+        "resume_changes": result.record.get("resume_changes", {}),
+        "warnings": warnings,
     }
     write_json_atomic(out_dir / "record.json", record)
     result.record = record

@@ -26,7 +26,9 @@ from sta_models.networks.branches import (
     param_groups,
     run_branch,
 )
+from sta_models.scratch import APPLIES_TO, RECIPE, ScratchRecipe, random_sources, scratch_init
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record
+from sta_models.training_health import branch_warnings
 
 
 def model_meta(branch: str, cfg: TrainConfig, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
@@ -39,7 +41,10 @@ class BranchTask(SplitDatasetTask):
     """The ``TrainTask`` of one branch: model, four param groups, datasets, SPEC §3 losses.
 
     Validation: CE loss as in training, top-1 accuracy of the frame prediction
-    (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy.
+    (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy; and
+    ``cam_peak``, the mean max/mean of the true-class CAM (1 = flat; the health check reads it).
+    A random-init SA or ST gets the from-scratch recipe (``sta_models.scratch``) unless
+    ``cfg.scratch_recipe == "off"``; ``recipe`` says which (None = SPEC §3; always for S).
     """
 
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
@@ -49,16 +54,25 @@ class BranchTask(SplitDatasetTask):
         val_rows = splits.get("val") or []
         self.val_ds = FeatureDataset(val_rows, feature_dir, branch, cfg.input_size, train=False)
         self.weights: dict[str, str] = {}
+        self.recipe: ScratchRecipe | None = None
 
     def build_model(self) -> nn.Module:
         model = build_branch(self.branch, self.cfg.backbone, num_classes=self.num_classes,
                              backbone_weights=self.cfg.backbone_weights,
                              audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weights_record()
+        self.recipe = None
+        if self.cfg.scratch_recipe == "auto" and self.branch in APPLIES_TO and random_sources(self.weights):
+            self.recipe = RECIPE
+            scratch_init(model.new_modules(), model.logit_layers(), RECIPE.classifier_std)
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return param_groups(model)  # type: ignore[arg-type]
+        groups = param_groups(model)  # type: ignore[arg-type]
+        if self.recipe is not None:
+            for g in groups:
+                g["lr_mult"] *= self.recipe.lr_scale
+        return groups
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)
@@ -66,19 +80,33 @@ class BranchTask(SplitDatasetTask):
         return branch_loss(out, batch["label"], self.branch), int(batch["label"].shape[0])
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        loss_sum, correct, n = 0.0, 0, 0
+        loss_sum, correct, n, peak = 0.0, 0, 0, 0.0
         for raw in loader:
             batch = prepare_batch(raw, device)
             out = run_branch(model, batch)  # type: ignore[arg-type]
             b = int(batch["label"].shape[0])
             loss_sum += float(branch_loss(out, batch["label"], self.branch)) * b
             correct += int((out.prediction().argmax(1) == batch["label"]).sum())
+            peak += float(cam_peak(out.cam(), batch["label"]).sum())
             n += b
         acc = correct / max(n, 1)
-        return {"val_loss": loss_sum / max(n, 1), "val_accuracy": acc, "score": acc}
+        return {"val_loss": loss_sum / max(n, 1), "val_accuracy": acc, "score": acc,
+                "cam_peak": peak / max(n, 1)}
+
+    def warnings(self, history: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+        """Health checks of the finished stage (``training_health.branch_warnings``)."""
+        classes = {r.category_id for r in self.train_ds.rows}
+        return branch_warnings(history, len(classes), self.branch.upper())
 
     def meta(self) -> dict[str, Any]:
         return model_meta(self.branch, self.cfg, self.num_classes)
+
+
+def cam_peak(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample max/mean of the true-class CAM channel; 0 for an all-zero map (flat)."""
+    maps = cam.float()[torch.arange(cam.shape[0], device=cam.device), labels].flatten(1)
+    mean = maps.mean(1)
+    return torch.where(mean > 0, maps.amax(1) / mean.clamp_min(1e-12), torch.zeros_like(mean))
 
 
 def train_branch(branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,

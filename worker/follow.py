@@ -42,6 +42,8 @@ def snapshot(url: str, pipeline_id: int) -> dict[str, Any]:
                                            st.progress_what, st.progress_failed),
                  "queue": st.queue,
                  "error": st.error_summary, "reused": st.reused_from_id,
+                 "warnings": [w.get("message", "") for w in (st.summary or {}).get("warnings") or []]
+                 if isinstance(st.summary, dict) else [],
                  "epoch": (last[st.id].epoch, last[st.id].train_loss, last[st.id].val_loss,
                            last[st.id].val_accuracy, dict(last[st.id].extra or {})) if st.id in last else None}
                 for st in stages
@@ -69,6 +71,8 @@ def describe(st: dict[str, Any]) -> str:
         text += f" attempt {st['attempts']}"
     if st["error"] and st["status"] in ("failed", "cancelled", "queued"):
         text += f" — {st['error']}"
+    for w in st.get("warnings") or []:
+        text += f"\n    WARNING {w}"
     return text
 
 
@@ -125,7 +129,9 @@ def follow(url: str, pipeline_id: int, out: TextIO, *, interval: float = 1.0, ti
                 out.write(f"[{time.monotonic() - start:7.1f}s] {line}\n")
                 out.flush()
         if snap["status"] in FINAL:
+            n_warn = sum(len(st.get("warnings") or []) for st in snap["stages"])
             out.write(f"pipeline {pipeline_id}: {snap['status']}" + (f" — {snap['error']}" if snap["error"] else "")
+                      + (f" ({n_warn} health warning{'s' if n_warn > 1 else ''}, see above)" if n_warn else "")
                       + "\n")
             out.flush()
             return str(snap["status"])

@@ -129,6 +129,11 @@ class BranchNet(nn.Module):
         for m in self.new_modules():
             init_new_layers(m)
 
+    def logit_layers(self) -> list[nn.Module]:
+        """The layers whose output is the class map x1 (kept small by the from-scratch recipe)."""
+        head = getattr(self, "head", None)
+        return [head[-1]] if isinstance(head, nn.Sequential) else [self.cls]
+
     def weights_record(self) -> dict[str, str]:
         rec = {"backbone": self.backbone.source}
         if self.audio is not None:

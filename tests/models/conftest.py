@@ -53,3 +53,20 @@ def tiny_split(tmp_path: Path) -> tuple[dict[str, list[Row]], Path]:
             write_features(feat / f"{vid}.h5", c, seed=10 * c + j)
             (val if j == 2 else train).append(make_row(vid, c, 0, 4))
     return {"train": train, "val": val}, feat
+
+
+class ToyData(torch.utils.data.Dataset):
+    """A linear regression set; accepts plain indices and the trainer's (index, aug_seed) pairs,
+    like FeatureDataset. ``seed`` defaults to ``n``."""
+
+    def __init__(self, n: int, seed: int | None = None) -> None:
+        g = torch.Generator().manual_seed(n if seed is None else seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, item):
+        i = item[0] if isinstance(item, tuple) else item
+        return {"x": self.x[i], "y": self.y[i]}

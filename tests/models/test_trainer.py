@@ -15,10 +15,11 @@ from sta_models.config import TrainConfig
 from sta_models.trainer import fit, load_checkpoint
 from sta_models.training import train_branch
 
+from .conftest import ToyData as _ToyData
 from .conftest import make_row, write_features
 
 CFG = dict(backbone="resnet18", input_size=32, epochs=3, batch_size=8, lr=1e-3, decay_epochs=[2],
-           workers=0, device="cpu", seed=3)
+           workers=0, device="cpu", seed=3, keep_checkpoints="all")
 
 
 def _metrics(history: list[dict[str, Any]]) -> list[tuple]:
@@ -107,22 +108,6 @@ def test_best_checkpoint_record_and_exclusions(tmp_path: Path) -> None:
     assert best["meta"] == {"task": "branch", "branch": "sa", "backbone": "resnet18", "num_classes": 28,
                             "input_size": 32}
     assert record["final_metrics"]["epoch"] == 2 and record["final_metrics"]["samples_per_s"] > 0
-
-
-class _ToyData(torch.utils.data.Dataset):
-    """Accepts plain indices and the trainer's (index, aug_seed) pairs, like FeatureDataset."""
-
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(n)
-        self.x = torch.randn(n, 4, generator=g)
-        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, item):
-        i = item[0] if isinstance(item, tuple) else item
-        return {"x": self.x[i], "y": self.y[i]}
 
 
 class _ToyTask:

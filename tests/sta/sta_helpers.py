@@ -86,5 +86,7 @@ def write_tiny_dataset(root: Path, frame_size: int = 48, canvas: int = 40) -> tu
 def tiny_config(epochs: int = 2, input_size: int = 64):
     from sta_models.config import TrainConfig
 
+    # keep_checkpoints="all": these tests compare last.pt and extend finished runs by an epoch
     return TrainConfig(backbone="resnet18", input_size=input_size, epochs=epochs, batch_size=4, lr=1e-2,
-                       decay_epochs=[5], weight_decay=1e-4, workers=0, device="cpu", seed=0)
+                       decay_epochs=[5], weight_decay=1e-4, workers=0, device="cpu", seed=0,
+                       keep_checkpoints="all")
