@@ -26,6 +26,7 @@ from sta_models import metrics as M
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import read_cam_file
 from sta_models.config import EvaluateConfig
+from sta_models.crop_files import read_boxes
 from sta_models.evaluation import centre_bias_map, list_ground_truth, list_predictions, postprocess_prediction
 from sta_models.imageio_utils import read_fixations, read_map
 from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
@@ -74,9 +75,7 @@ def row_maps(row: RowLike, inputs: AblationInputs) -> dict[int, dict[str, np.nda
     crop = Path(inputs.crops) / f"{row.key}.h5"
     if pgt is None or not crop.exists():
         return {}
-    with h5py.File(crop, "r") as f:
-        boxes = np.asarray(f["boxes"][()], np.int64)
-        size = tuple(int(x) for x in f["frames"].shape[1:3])
+    size, boxes = read_boxes(crop)
     files = {(phase, b): read_cam_file(Path(d) / b / f"{row.key}.h5")
              for phase, d in (("coarse", inputs.cams_coarse), ("fine", inputs.cams_fine)) for b in BRANCHES}
     out: dict[int, dict[str, np.ndarray]] = {}

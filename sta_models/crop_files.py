@@ -72,6 +72,17 @@ def source_features(path: Path, f: h5py.File) -> Path:
     return (Path(path).parent / str(f.attrs["features"])).resolve()
 
 
+def read_boxes(path: Path) -> tuple[tuple[int, int], np.ndarray]:
+    """A crop file's frame size (H, W) and ``boxes`` [T, 4], whichever format it has."""
+    with h5py.File(path, "r") as f:
+        boxes = np.asarray(f["boxes"][()], np.int64)
+        if not is_box_file(f):
+            return tuple(int(x) for x in f["frames"].shape[1:3]), boxes  # type: ignore[return-value]
+        features = source_features(Path(path), f)
+    with h5py.File(features, "r") as g:
+        return tuple(int(x) for x in g["frames"].shape[1:3]), boxes  # type: ignore[return-value]
+
+
 def crop_frames(frames: np.ndarray, seconds: Iterable[int], boxes: np.ndarray, has_box: np.ndarray) -> np.ndarray:
     """Frames [n, H, W, 3] of ``seconds`` as format 1 stored them: event seconds cropped to their box."""
     secs = list(seconds)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 
 from sta_models.ablation import AblationInputs
 from sta_models.ave import load_dataset
 from sta_models.cam_files import write_cam_file
 from sta_models.config import EvaluateConfig, PseudoGTConfig, TrainConfig
+from sta_models.crop_files import read_boxes
 from sta_models.evaluation import list_ground_truth
 from sta_models.evaluation_stage import Scored, score_predictions
 from sta_models.imageio_utils import read_map
@@ -87,8 +87,7 @@ def make_real_evaluation(dataset_root: Path, feature_dir: Path, root: Path) -> R
                            dirs["crops"], pcfg)
     crops = {}
     for row in rows:
-        with h5py.File(dirs["crops"] / f"{row.key}.h5", "r") as f:
-            crops[row.key] = (f["frames"].shape[1:3], f["boxes"][()])
+        crops[row.key] = read_boxes(dirs["crops"] / f"{row.key}.h5")
     _write_cams(rows, gt, crops, dirs["cams_fine"])
     fuse_pseudo_gt({b: dirs["cams_fine"] / b for b in ("s", "sa", "st")}, dirs["crops"], rows, dirs["pseudo_gt"],
                    pcfg)

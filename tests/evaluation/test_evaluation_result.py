@@ -112,7 +112,7 @@ def test_headline_is_stas_dataset_values(real_evaluation: RealEvaluation, tmp_pa
 
     sta = real_evaluation.scored.sta.dataset
     for where in (real_evaluation.root, real_evaluation.evaluate_dir,
-                  Stage(kind="evaluate", output_dir=str(real_evaluation.evaluate_dir))):
+                  Stage(kind="evaluate", status="succeeded", output_dir=str(real_evaluation.evaluate_dir))):
         values = headline(where)
         assert values is not None and values["cc"] == pytest.approx(sta["cc"], abs=1e-6)
         assert set(values) == set(METRICS)
