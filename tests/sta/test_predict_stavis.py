@@ -177,3 +177,48 @@ def test_a_wrong_gt_writes_nothing(predicted, stavis: Path, tmp_path: Path, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and "nothing written" in err[0]
         assert not (pred / "metrics.json").exists()
+
+
+def test_table_writer_keeps_published_numbers_and_marks_the_rest_na(tmp_path: Path) -> None:
+    from sta_models.benchmark import BenchmarkTable, TableRow, published_row
+
+    ours = TableRow("sta", "STA (ours)", {"AVAD": {"auc_j": 0.9, "sim": 0.4, "sauc": 0.6, "cc": 0.5, "nss": 2.5},
+                                          "SYNTH": {"auc_j": 0.8, "sim": None, "sauc": 0.5, "cc": 0.1, "nss": 0.3}})
+    table = BenchmarkTable(sets=["AVAD", "SYNTH"], rows=[ours, published_row(["AVAD", "SYNTH"])])
+    paths = table.write(tmp_path)
+    md = paths["md"].read_text().splitlines()
+    assert md[0].startswith("| method | AVAD AUC-J | AVAD SIM | AVAD s-AUC | AVAD CC | AVAD NSS | SYNTH AUC-J")
+    assert md[2] == "| STA (ours) | 0.900 | 0.400 | 0.600 | 0.500 | 2.500 | 0.800 | n/a | 0.500 | 0.100 | 0.300 |"
+    assert md[3] == ("| STANet (published) | 0.873 | 0.334 | 0.580 | 0.438 | 2.018 | n/a | n/a | n/a | n/a | n/a |")
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0] == "set,method,AUC-J,SIM,s-AUC,CC,NSS" and "AVAD,STANet (published),0.873,0.334,0.580,0.438,2.018" in rows
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][1]["values"]["SYNTH"]["cc"] is None and data["rows"][1]["values"]["AVAD"]["nss"] == 2.018
+
+
+@pytest.mark.slow
+def test_benchmark_command_end_to_end(stavis: Path, trained_sta, tmp_path: Path, capsys) -> None:
+    """Two sets: "AVAD" (a one-video stand-in, so the published row appears) and SYNTH (none)."""
+    from sta_models.synth_stavis import SynthVideo
+
+    _, run_dir, _ = trained_sta
+    generate_stavis(stavis, "AVAD", (SynthVideo("v1", 25.0, 1.2, wav=True),), seed=5)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--checkpoint", str(run_dir / "best.pt"), "--stavis", str(stavis), "--db", "AVAD,SYNTH",
+            "--out", str(out), "--device", "cpu", "--splits", "3", "--quiet"]
+    assert stapipe(argv) == 0
+    printed = capsys.readouterr().out
+    assert "STANet (published)" in printed and "centre bias" in printed
+    assert "SYNTH: 2 videos, 165 frames scored, 0 missing" in printed
+    data = json.loads((out / "benchmark.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert set(rows) == {"sta", "centre", "published"} and data["sets"] == ["AVAD", "SYNTH"]
+    assert rows["published"]["values"]["AVAD"]["cc"] == 0.438 and rows["published"]["values"]["SYNTH"]["cc"] is None
+    assert all(isinstance(rows[m]["values"][s]["cc"], float) for m in ("sta", "centre") for s in data["sets"])
+    assert data["runs"]["AVAD"]["frames_scored"] == 30 and "fold_lists/AVAD_list_test_1_fps.txt" in \
+        data["runs"]["AVAD"]["fps_source"]
+    assert data["runs"]["SYNTH"]["silent_videos"] == ["clip2997"]
+    assert (out / "benchmark.md").read_text().startswith("| method |") and (out / "benchmark.csv").is_file()
+    # a set that is not there: one line, exit status 2
+    assert stapipe([*argv[:6], "--db", "DIEM", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "DIEM" in capsys.readouterr().err
