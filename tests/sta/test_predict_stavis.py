@@ -220,5 +220,5 @@ def test_benchmark_command_end_to_end(stavis: Path, trained_sta, tmp_path: Path,
     assert data["runs"]["SYNTH"]["silent_videos"] == ["clip2997"]
     assert (out / "benchmark.md").read_text().startswith("| method |") and (out / "benchmark.csv").is_file()
     # a set that is not there: one line, exit status 2
-    assert stapipe([*argv[:6], "--db", "DIEM", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert stapipe([*argv[:5], "--db", "DIEM", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "DIEM" in capsys.readouterr().err
