@@ -9,7 +9,7 @@ from flask import Flask
 
 from worker.settings import Settings, get_settings
 
-from . import api, auth, database, errors, files, formatting, health, pages
+from . import api, auth, benchmark, database, errors, files, formatting, health, pages
 from .secrets import dashboard_token, secret_key, token_path
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     errors.init_app(app)
     auth.init_app(app)
     formatting.init_app(app)
-    for blueprint in (health.bp, auth.bp, pages.bp, files.bp, api.bp):
+    for blueprint in (health.bp, auth.bp, pages.bp, benchmark.bp, files.bp, api.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -11,6 +11,7 @@ from sta_models.config import PRESETS
 
 from . import jobs, queries
 from .api import log_file, pipeline_or_404, settings, stage_or_404
+from .benchmark import benchmark_view, can_benchmark
 from .config_form import (
     BACKBONES,
     OTHER_FIELDS,
@@ -76,7 +77,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
     return render_template(
         "pipeline.html", p=p, stages=stages, columns=graph_columns(stages), progress=progress,
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
-        has_evaluate=any(s.kind == "evaluate" for s in stages),
+        has_evaluate=any(s.kind == "evaluate" for s in stages), can_benchmark=can_benchmark(stages),
         config_json=json.dumps(p.config, indent=2),
     )
 
@@ -127,4 +128,5 @@ def rerun(stage_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/pipelines/<int:pipeline_id>/results")
 def results(pipeline_id: int):  # type: ignore[no-untyped-def]
     p = pipeline_or_404(pipeline_id)
-    return render_template("results.html", p=p, ev=evaluation(db_session(), p, settings()))
+    return render_template("results.html", p=p, ev=evaluation(db_session(), p, settings()),
+                           bench=benchmark_view(db_session(), p))

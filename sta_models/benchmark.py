@@ -151,8 +151,9 @@ def fold_list_videos(root: Path, folder: str) -> tuple[FrameRates, set[str] | No
 def run_benchmark(checkpoint: str | Path, root: str | Path, out_dir: str | Path, sets: Sequence[str] | None = None,
                   *, fps: float | None = None, device: str = "auto", batch_size: int = 8,
                   cfg: EvaluateConfig | None = None, allow_missing: bool = False, overlay: bool = False,
-                  callbacks: Callbacks = NO_CALLBACKS) -> BenchmarkTable:
-    """Predict every frame of each set, evaluate against its GT, and write the table (module docstring)."""
+                  pred_root: str | Path | None = None, callbacks: Callbacks = NO_CALLBACKS) -> BenchmarkTable:
+    """Predict every frame of each set, evaluate against its GT, and write the table (module
+    docstring); ``pred_root/<DB>`` instead of ``out_dir/<DB>/predictions`` when given."""
     from sta_models.evaluation import check_coverage, evaluate_baseline, evaluate_folder, write_reports
     from sta_models.predict import predict_videos
 
@@ -183,7 +184,7 @@ def run_benchmark(checkpoint: str | Path, root: str | Path, out_dir: str | Path,
         folders = [p for p in list_frame_folders(root / "video_frames" / folder) if tests is None or p.name in tests]
         if not folders:
             raise BenchmarkError(f"{canon}: no test video's frame folder under {root / 'video_frames' / folder}")
-        pred_dir = out_dir / canon / "predictions"
+        pred_dir = Path(pred_root) / canon if pred_root is not None else out_dir / canon / "predictions"
         with tempfile.TemporaryDirectory(prefix="stapipe-bench-") as tmp:
             for p in folders:
                 (Path(tmp) / p.name).symlink_to(p.resolve())
