@@ -32,11 +32,13 @@ MapSink = Callable[[int, np.ndarray], None]
 
 @dataclass
 class FrameStats:
-    """What one clip cost: output frames, frames run through the backbone, wall seconds."""
+    """What one clip cost: output frames, frames run through the backbone, wall and CPU seconds
+    (CPU time of this process, all threads: comparable on a machine shared with other jobs)."""
 
     frames: int
     backbone_frames: int
     seconds: float
+    cpu_seconds: float = 0.0
 
     @property
     def fps(self) -> float:
@@ -63,7 +65,7 @@ def predict_every_frame(model: STA, clip: FrameClip, on_map: MapSink, *, input_s
                         device: torch.device, batch_size: int = 8, reuse: bool = True,
                         callbacks: Callbacks = NO_CALLBACKS) -> FrameStats:
     """Call ``on_map`` for every frame of ``clip`` in order; see the module docstring."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     nb = frame_neighbours(clip.n_frames, clip.fps)
     step = max(1, batch_size)
     cache: dict[int, FrameFeatures] = {}
@@ -96,4 +98,5 @@ def predict_every_frame(model: STA, clip: FrameClip, on_map: MapSink, *, input_s
             backbone_frames += sel.size
         for j, m in enumerate(sal.float().cpu().numpy()):
             on_map(lo + j, m)
-    return FrameStats(frames=clip.n_frames, backbone_frames=backbone_frames, seconds=time.perf_counter() - start)
+    return FrameStats(frames=clip.n_frames, backbone_frames=backbone_frames, seconds=time.perf_counter() - start,
+                      cpu_seconds=time.process_time() - cpu_start)
