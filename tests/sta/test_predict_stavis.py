@@ -222,3 +222,20 @@ def test_benchmark_command_end_to_end(stavis: Path, trained_sta, tmp_path: Path,
     # a set that is not there: one line, exit status 2
     assert stapipe([*argv[:5], "--db", "DIEM", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "DIEM" in capsys.readouterr().err
+
+
+def test_video_files_get_every_frame_maps_and_a_per_frame_overlay(trained_sta, ffmpeg_bin: str, tmp_path: Path) -> None:
+    _, run_dir, _ = trained_sta
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    subprocess.run([ffmpeg_bin, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x72:rate=10:duration=2",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-shortest", str(videos / "clip.mp4")], check=True)
+    (r,) = predict_videos(run_dir / "best.pt", videos, tmp_path / "out", device="cpu", every_frame=True)
+    assert r.ok and (r.frames, r.fps, r.audio_note) == (20, 10.0, "from the video")
+    assert sorted(p.name for p in (tmp_path / "out" / "clip").glob("*.png"))[-1] == "00020.png"
+    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-print_format", "json",
+                                      "-show_streams", str(r.overlay)], check=True, capture_output=True,
+                                     text=True).stdout)
+    kinds = {s["codec_type"]: s for s in info["streams"]}
+    assert int(kinds["video"]["nb_read_frames"]) == 20 and "audio" in kinds
