@@ -10,7 +10,7 @@ from werkzeug.routing import IntegerConverter
 
 from worker.settings import Settings, get_settings
 
-from . import api, apidocs, auth, compare, database, errors, files, formatting, health, pages, workers
+from . import api, apidocs, auth, benchmark, compare, database, errors, files, formatting, health, pages, workers
 from .secrets import dashboard_token, secret_key, token_path
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     errors.init_app(app)
     auth.init_app(app)
     formatting.init_app(app)
-    for blueprint in (health.bp, auth.bp, pages.bp, files.bp, api.bp, workers.bp, compare.bp, apidocs.bp):
+    for blueprint in (health.bp, auth.bp, pages.bp, benchmark.bp, files.bp, api.bp, workers.bp, compare.bp, apidocs.bp):
         app.register_blueprint(blueprint)
     return app
 

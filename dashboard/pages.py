@@ -18,6 +18,7 @@ from worker.disk import pipeline_usage
 from . import disk, jobs, queries
 from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
 from .compare import flat_config
+from .benchmark import benchmark_view, can_benchmark
 from .config_form import (
     BACKBONES,
     OTHER_FIELDS,
@@ -137,7 +138,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
         "pipeline.html", p=p, stages=stages, columns=graph_columns(stages), progress=progress,
         usage=usage, stage_disk={d["kind"]: d for d in usage["stages"]},
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
-        has_evaluate=any(s.kind == "evaluate" for s in stages),
+        has_evaluate=any(s.kind == "evaluate" for s in stages), can_benchmark=can_benchmark(stages),
         config_json=json.dumps(p.config, indent=2), unserved=unserved_queues(stages),
     )
 
@@ -219,4 +220,4 @@ def results(pipeline_id: int):  # type: ignore[no-untyped-def]
     r = ev.result
     return render_template("results.html", p=p, ev=ev, r=r, labels=METRIC_LABELS,
                            dataset=dataset_view(r) if r else None, ablation=ablation_view(r) if r else None,
-                           per_video=per_video_rows(r) if r else [])
+                           per_video=per_video_rows(r) if r else [], bench=benchmark_view(db_session(), p))

@@ -78,6 +78,51 @@ def list_predictions(pred_dir: Path | str) -> dict[str, dict[int, Path]]:
     return out
 
 
+@dataclass
+class Coverage:
+    """Which GT frames a prediction folder covers, checked before anything is scored or written."""
+
+    gt_videos: list[str]
+    scored_videos: list[str]  # GT videos with a prediction folder
+    missing: dict[str, list[int]]  # GT frames with no prediction file, per scored video
+    unpredicted: list[str]  # GT videos with no prediction folder
+    gt_frames: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.unpredicted
+
+    def reason(self) -> str:
+        """One line: how the predictions fall short (empty when they cover every GT frame)."""
+        parts = []
+        if self.missing:
+            n = sum(len(v) for v in self.missing.values())
+            first = next(iter(self.missing))
+            parts.append(f"{n} of {self.gt_frames} GT frames have no prediction (first: {first} "
+                         f"{_ranges(self.missing[first][:20])})")
+        if self.unpredicted:
+            parts.append(f"{len(self.unpredicted)} GT video(s) have no prediction folder "
+                         f"({', '.join(self.unpredicted[:5])})")
+        return "; ".join(parts)
+
+
+def check_coverage(pred_dir: Path | str, gt_dir: Path | str) -> Coverage:
+    """Match prediction files to GT frames by number; raises ``FileNotFoundError`` (one line) when
+    ``gt_dir`` holds no STAViS GT or no prediction folder matches a GT video."""
+    gt = list_ground_truth(gt_dir)
+    if not gt:
+        raise FileNotFoundError(f"no STAViS ground truth in {gt_dir} (expected <video>/maps/eyeMap_NNNNN.jpg "
+                                "and <video>/fixMap_NNNNN.mat)")
+    preds = list_predictions(pred_dir)
+    scored = sorted(set(preds) & set(gt))
+    if not scored:
+        raise FileNotFoundError(f"no prediction folder in {pred_dir} matches a GT video of {gt_dir} "
+                                f"(GT videos: {', '.join(sorted(gt)[:5])})")
+    missing = {v: sorted(set(gt[v]) - set(preds[v])) for v in scored}
+    return Coverage(gt_videos=sorted(gt), scored_videos=scored, missing={v: m for v, m in missing.items() if m},
+                    unpredicted=sorted(set(gt) - set(preds)), gt_frames=sum(len(f) for f in gt.values()))
+
+
 # ------------------------------------------------------------------------------------------------
 # Maps
 # ------------------------------------------------------------------------------------------------
@@ -146,6 +191,18 @@ class VideoResult:
     nan_frames: int  # frames with at least one NaN metric
     scores: dict[str, float]  # per-video mean over non-NaN frames
 
+    @property
+    def frames_scored(self) -> int:
+        return self.frames
+
+    @property
+    def frames_missing(self) -> int:
+        return len(self.missing)
+
+    @property
+    def frames_nan(self) -> int:
+        return self.nan_frames
+
 
 @dataclass
 class EvaluationReport:
@@ -199,7 +256,8 @@ class EvaluationReport:
             "extra_frames": self.extra_frames,
             "videos": [
                 {"video": v.video, "frames": v.frames, "missing": len(v.missing), "nan": v.nan,
-                 "nan_frames": v.nan_frames, "scores": _json_floats(v.scores)}
+                 "nan_frames": v.nan_frames, "frames_scored": v.frames_scored, "frames_missing": v.frames_missing,
+                 "frames_nan": v.frames_nan, "scores": _json_floats(v.scores)}
                 for v in self.videos
             ],
         }

@@ -233,12 +233,17 @@ def log_spectrograms(audio: np.ndarray | None, seconds: int) -> tuple[np.ndarray
     chunks = np.zeros((seconds, SAMPLE_RATE), dtype=np.float64)
     flat = audio[: seconds * SAMPLE_RATE].astype(np.float64)
     chunks.reshape(-1)[: len(flat)] = flat
-    _, _, spec = signal.spectrogram(chunks[valid], fs=SAMPLE_RATE, nperseg=NPERSEG, noverlap=NOVERLAP, axis=-1)
+    out[valid] = standardised_log_spectrograms(chunks[valid])
+    return out, valid
+
+
+def standardised_log_spectrograms(chunks: np.ndarray) -> np.ndarray:
+    """[N, 16000] one-second sample windows → [N, 81, 199] float32 features (SPEC §2)."""
+    _, _, spec = signal.spectrogram(chunks, fs=SAMPLE_RATE, nperseg=NPERSEG, noverlap=NOVERLAP, axis=-1)
     logs = np.log(spec + 1e-7)
     mean = logs.mean(axis=(1, 2), keepdims=True)
     std = logs.std(axis=(1, 2), keepdims=True)
-    out[valid] = ((logs - mean) / (std + 1e-9)).astype(np.float32)
-    return out, valid
+    return ((logs - mean) / (std + 1e-9)).astype(np.float32)
 
 
 def _params(size: int) -> dict[str, int]:

@@ -3,7 +3,8 @@
 Frames are streamed decoder → numpy → encoder (two ffmpeg processes, one frame in memory at a
 time), so long clips cost no memory. Each decoded frame i (constant rate ``fps``, timestamp i/fps)
 gets the map of its second ``floor(i/fps)`` (clamped to the last predicted second): STA predicts
-one map per second (SPEC §6), and holding it for the whole second avoids inventing motion.
+one map per second (SPEC §6), and holding it for the whole second avoids inventing motion. With
+per-frame maps (``per_frame=True``) frame i gets map i.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -58,9 +60,11 @@ def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) ->
     return cv2.addWeighted(frame, 1.0 - alpha, heat, alpha, 0.0)
 
 
-def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.5, crf: int = 23) -> Path:
-    """Write ``out`` (H.264 yuv420p + the source's audio as AAC) with ``maps`` [T, h, w] in [0,1]."""
-    if maps.ndim != 3 or len(maps) == 0:
+def write_overlay(video: Path, maps: Sequence[np.ndarray], out: Path, *, alpha: float = 0.5, crf: int = 23,
+                  per_frame: bool = False) -> Path:
+    """Write ``out`` (H.264 yuv420p + the source's audio as AAC) with ``maps`` [T, h, w] in [0,1]:
+    one per second, or one per frame with ``per_frame`` (any sequence: maps may be read lazily)."""
+    if len(maps) == 0 or np.ndim(maps[0]) != 2:
         raise ValueError("maps must be [T, H, W] with T >= 1")
     width, height, fps = video_geometry(video)
     frame_bytes = width * height * 3
@@ -81,7 +85,7 @@ def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.
                 if len(buf) < frame_bytes:
                     break
                 frame = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-                k = min(int(i / fps), len(maps) - 1)
+                k = min(i if per_frame else int(i / fps), len(maps) - 1)
                 enc.stdin.write(heat_overlay(frame, maps[k].astype(np.float32), alpha).tobytes())
                 i += 1
         except BrokenPipeError:
@@ -104,21 +108,33 @@ def write_overlay(video: Path, maps: np.ndarray, out: Path, *, alpha: float = 0.
     return out
 
 
-def write_overlay_frames(frames: np.ndarray, maps: np.ndarray, out: Path, *, fps: float = 1.0,
-                         alpha: float = 0.5, crf: int = 23) -> Path:
-    """Silent overlay from stored frames [T, H, W, 3] uint8 (one per second of a feature file)."""
+def write_overlay_frames(frames: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: Path, *, fps: float = 1.0,
+                         alpha: float = 0.5, crf: int = 23, audio_from: Path | None = None) -> Path:
+    """Overlay from frames [T, H, W, 3] uint8 (stored seconds of a feature file, or a frame folder
+    read lazily), streamed to the encoder; silent unless ``audio_from`` (e.g. the clip's WAV)."""
     if len(frames) == 0 or len(frames) != len(maps):
         raise ValueError("need one map per frame and at least one frame")
-    height, width = frames.shape[1:3]
+    height, width = frames[0].shape[:2]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    data = b"".join(heat_overlay(f, m.astype(np.float32), alpha).tobytes() for f, m in zip(frames, maps, strict=True))
-    proc = subprocess.run(_encoder(width, height, fps, tmp, audio_from=None, crf=crf), input=data,
-                          capture_output=True, check=False)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise OverlayError(f"ffmpeg could not encode {out}: {_last_line(proc.stderr.decode(errors='replace'))}")
+    with tempfile.TemporaryFile() as enc_err:
+        enc = subprocess.Popen(_encoder(width, height, fps, tmp, audio_from=audio_from, crf=crf),
+                               stdin=subprocess.PIPE, stderr=enc_err)
+        assert enc.stdin is not None
+        try:
+            for i in range(len(frames)):
+                enc.stdin.write(heat_overlay(frames[i], maps[i].astype(np.float32), alpha).tobytes())
+        except BrokenPipeError:
+            pass  # the encoder died; its exit status and stderr explain why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                enc.stdin.close()
+            rc = enc.wait()
+        if rc != 0:
+            enc_err.seek(0)
+            tmp.unlink(missing_ok=True)
+            raise OverlayError(f"ffmpeg could not encode {out}: {_last_line(enc_err.read().decode(errors='replace'))}")
     tmp.replace(out)
     return out
 

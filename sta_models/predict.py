@@ -15,12 +15,20 @@ Outputs per video:
   (see ``sta_models.overlay``). For a feature-file input the original video is looked up in
   ``sources`` (video id → path), then next to the ``.h5`` (same stem, a video suffix); without
   one the overlay is made from the stored frames, one per second, silent.
+
+Every frame (``every_frame=True``; the default for STAViS frame folders, available for video
+files): ``out_dir/<video_id>/%05d.png`` for frame f (1-based), named exactly like the GT's
+``eyeMap_%05d.jpg``, predicted from the frames nearest t − 1 s, t, t + 1 s with each frame's
+backbone features computed once (``sta_models.every_frame``); the overlay uses the per-frame maps.
+Frame folders (``<video>/img_%05d.jpg``) take their audio from ``audio_dir/<video>/<video>.wav``
+(none = silence, marked) and their rate from ``fps`` (``sta_models.clips.parse_fps``).
+``out_dir/<video_id>/prediction.json`` records frames, rate, its source and the audio used.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +40,20 @@ import numpy as np
 import torch
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
+from sta_models.clips import (
+    ClipError,
+    FrameClip,
+    FrameRates,
+    is_frame_folder,
+    open_frame_folder,
+    open_video,
+    parse_fps,
+)
 from sta_models.datasets import prepare_batch, resize_frames
+from sta_models.every_frame import FrameStats, predict_every_frame
 from sta_models.extraction import ExtractionError, extract_video
+from sta_models.imageio_utils import read_map
+from sta_models.jsonio import write_json_atomic
 from sta_models.networks.sta import STA
 from sta_models.overlay import OverlayError, write_overlay, write_overlay_frames
 from sta_models.sta_training import load_sta
@@ -54,6 +74,10 @@ class VideoPrediction:
     png_dir: Path | None = None
     overlay: Path | None = None
     error: str | None = None
+    frames: int = 0  # maps written in every-frame mode
+    fps: float | None = None
+    audio_note: str | None = None
+    stats: FrameStats | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,16 +85,17 @@ class VideoPrediction:
 
 
 def list_inputs(videos: str | Path) -> list[Path]:
-    """A file, or the videos and feature files directly inside a directory (sorted)."""
+    """A file or frame folder, or the videos, feature files and frame folders inside a directory."""
     videos = Path(videos)
-    if videos.is_file():
+    if videos.is_file() or is_frame_folder(videos):
         return [videos]
     if not videos.is_dir():
         raise FileNotFoundError(f"{videos} does not exist")
     found = sorted(p for p in videos.iterdir()
-                   if p.is_file() and p.suffix.lower() in (*VIDEO_SUFFIXES, FEATURE_SUFFIX))
+                   if (p.is_file() and p.suffix.lower() in (*VIDEO_SUFFIXES, FEATURE_SUFFIX)) or is_frame_folder(p))
     if not found:
-        raise FileNotFoundError(f"no videos (.mp4 …) or feature files (.h5) in {videos}")
+        raise FileNotFoundError(f"no videos (.mp4 …), feature files (.h5) or frame folders (<video>/img_*.jpg) "
+                                f"in {videos}")
     return found
 
 
@@ -140,6 +165,8 @@ def _cache(cache_dir: str | Path | None) -> Iterator[Path]:
 def predict_videos(checkpoint: str | Path | dict[str, Any], videos: str | Path, out_dir: str | Path, *,
                    device: str = "auto", overlay: bool = True, batch_size: int = 8,
                    cache_dir: str | Path | None = None, sources: Mapping[str, str | Path] | None = None,
+                   every_frame: bool | None = None, audio_dir: str | Path | None = None,
+                   fps: FrameRates | str | float | None = None,
                    callbacks: Callbacks = NO_CALLBACKS) -> list[VideoPrediction]:
     """Predict every second of every input; see the module docstring for what is written.
 
@@ -147,9 +174,12 @@ def predict_videos(checkpoint: str | Path | dict[str, Any], videos: str | Path, 
     checkpoint or an empty input directory raises ``ValueError``/``FileNotFoundError``.
     ``cache_dir`` keeps the extracted feature files (re-used when up to date); default: a
     temporary directory removed at the end. ``sources`` maps video ids of ``.h5`` inputs to their
-    original videos, for overlays with the real frames and audio.
+    original videos, for overlays with the real frames and audio. ``every_frame`` None = per
+    input: frame folders every frame, video and feature files every second.
     """
     inputs = list_inputs(videos)
+    rates = fps if isinstance(fps, FrameRates) else parse_fps(fps)
+    audio_root = Path(audio_dir) if audio_dir is not None else None
     dev = resolve_device(device)
     model, meta = load_sta(checkpoint, dev)
     input_size = int(meta["input_size"])
@@ -161,11 +191,88 @@ def predict_videos(checkpoint: str | Path | dict[str, Any], videos: str | Path, 
         for i, src in enumerate(inputs):
             callbacks.check_cancel()
             callbacks.on_progress(i, len(inputs), src.name)
-            results.append(_predict_one(model, src, out_dir, cache, dev, input_size=input_size,
-                                        frame_size=frame_size, overlay=overlay, batch_size=batch_size,
-                                        sources=sources or {}, callbacks=callbacks))
+            per_frame = is_frame_folder(src) if every_frame is None else every_frame
+            if per_frame:
+                results.append(_predict_frames_one(model, src, out_dir, cache, dev, input_size=input_size,
+                                                   frame_size=frame_size, overlay=overlay, batch_size=batch_size,
+                                                   rates=rates, audio_root=audio_root, callbacks=callbacks))
+            else:
+                results.append(_predict_one(model, src, out_dir, cache, dev, input_size=input_size,
+                                            frame_size=frame_size, overlay=overlay, batch_size=batch_size,
+                                            sources=sources or {}, callbacks=callbacks))
             callbacks.on_progress(i + 1, len(inputs), src.name)
     return results
+
+
+def _predict_frames_one(model: STA, src: Path, out_dir: Path, cache: Path, device: torch.device, *,
+                        input_size: int, frame_size: int, overlay: bool, batch_size: int, rates: FrameRates,
+                        audio_root: Path | None, callbacks: Callbacks) -> VideoPrediction:
+    """Every-frame prediction of one frame folder or video file (see the module docstring)."""
+    result = VideoPrediction(video_id=src.name if src.is_dir() else src.stem, source=src)
+    try:
+        if src.is_dir():
+            clip = open_frame_folder(src, rates.of(src.name), audio_root)
+        elif src.suffix.lower() == FEATURE_SUFFIX:
+            raise ValueError("a feature file holds one frame per second; every-frame maps need the video "
+                             "or its frame folder")
+        else:
+            clip = open_video(src, cache, frame_size, rates.of(src.stem))
+        result.fps, result.audio_note = clip.fps, clip.audio_note
+        png_dir = out_dir / clip.video_id
+        png_dir.mkdir(parents=True, exist_ok=True)
+        size = (clip.width, clip.height)
+
+        def write(i: int, m: np.ndarray) -> None:
+            m = m if m.shape == size[::-1] else cv2.resize(m, size, interpolation=cv2.INTER_LINEAR)
+            if not cv2.imwrite(str(png_dir / f"{i + 1:05d}.png"), to_uint8(m)):
+                raise OSError(f"cannot write {png_dir / f'{i + 1:05d}.png'}")
+
+        result.stats = predict_every_frame(model, clip, write, input_size=input_size, frame_size=frame_size,
+                                           device=device, batch_size=batch_size, callbacks=callbacks)
+        result.frames, result.png_dir = clip.n_frames, png_dir
+        result.seconds = int(clip.n_frames / clip.fps)
+        write_json_atomic(png_dir / "prediction.json", {
+            "video_id": clip.video_id, "frames": clip.n_frames, "fps": clip.fps, "fps_source": rates.source
+            if src.is_dir() else "the video stream", "audio": clip.audio_note, "naming": "frame f -> %05d.png",
+            "neighbours": "frames nearest t-1 s, t, t+1 s (clamped), 1-s audio windows centred on them"})
+        if overlay:
+            maps = PngMaps(png_dir, clip.n_frames)
+            target = out_dir / f"{clip.video_id}_overlay.mp4"
+            if clip.source is not None:
+                result.overlay = write_overlay(clip.source, maps, target, per_frame=True)
+            else:
+                result.overlay = write_overlay_frames(ClipFrames(clip), maps, target, fps=clip.fps,
+                                                      audio_from=clip.wav)
+    except (ExtractionError, ClipError, OverlayError, OSError, ValueError, KeyError) as exc:
+        result.error = _one_line(f"{src.name}: {exc}")
+        callbacks.log(f"predict failed: {result.error}")
+    return result
+
+
+class PngMaps(Sequence[np.ndarray]):
+    """The written maps ``%05d.png`` as float [0, 1], read one at a time (overlays of long clips)."""
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.folder, self.n = folder, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]  # int only
+        return read_map(self.folder / f"{int(i) + 1:05d}.png").astype(np.float32)
+
+
+class ClipFrames(Sequence[np.ndarray]):
+    """A clip's frames at their original size, read one at a time."""
+
+    def __init__(self, clip: FrameClip) -> None:
+        self.clip = clip
+
+    def __len__(self) -> int:
+        return self.clip.n_frames
+
+    def __getitem__(self, i):  # type: ignore[override]  # int only
+        return self.clip.read([int(i)])[0]
 
 
 def _predict_one(model: STA, src: Path, out_dir: Path, cache: Path, device: torch.device, *, input_size: int,

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "sta_models.commands.training",  # train-branch, cams
     "sta_models.commands.evaluate",  # evaluate
     "sta_models.commands.predict",  # predict
+    "sta_models.commands.benchmark",  # benchmark
     "worker.commands",  # up, run, worker, db
     "worker.disk_commands",  # gc
     "dashboard.commands",  # dashboard, submit, status, rerun, cancel

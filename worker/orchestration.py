@@ -31,7 +31,7 @@ from db.models import (
     StageStatus,
     utcnow,
 )
-from worker.stages import SPECS, STAGES, dataset_fingerprint, downstream_of, input_hashes
+from worker.stages import OPTIONAL_STAGES, SPECS, STAGES, dataset_fingerprint, downstream_of, input_hashes
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +358,38 @@ def rerun_stage(session: Session, stage_id: int) -> list[Stage]:
     session.commit()
     advance(session, pipeline.id)
     return [s for s in plan if s.status != StageStatus.SKIPPED]
+
+
+def request_benchmark(session: Session, pipeline_id: int) -> Stage:
+    """Add the optional ``benchmark`` stage to a pipeline whose STA is trained (or re-queue it when
+    it finished before) and enqueue it on the gpu queue. Refuses while it is active. Commits."""
+    spec = OPTIONAL_STAGES[0]
+    pipeline = _lock_pipeline(session, pipeline_id)
+    stages = _stages(session, pipeline_id)
+    by_kind = {s.kind: s for s in stages}
+    if any(by_kind.get(d) is None or by_kind[d].status not in DONE_STATES for d in spec.depends_on):
+        raise OrchestrationError(f"pipeline {pipeline_id} has no trained STA yet; benchmark it when train_sta succeeded")
+    stage = by_kind.get(spec.kind)
+    if stage is not None and stage.status in ACTIVE_STATES:
+        raise OrchestrationError(f"the benchmark of pipeline {pipeline_id} is already {stage.status}")
+    base = Path(by_kind["train_sta"].output_dir or ".").parent
+    if stage is None:
+        stage = Stage(pipeline_id=pipeline_id, kind=spec.kind, position=len(stages), queue=spec.queue,
+                      depends_on=list(spec.depends_on), status=StageStatus.PENDING,
+                      output_dir=str(base / spec.kind),
+                      log_path=str(Path(by_kind["train_sta"].log_path or "x").parent / f"{spec.kind}.log"))
+        session.add(stage)
+    else:
+        stage.status = StageStatus.PENDING
+        stage.error_summary = stage.traceback = stage.finished_at = stage.started_at = stage.celery_task_id = None
+        stage.cancel_requested = False
+        stage.attempts_base = stage.attempts
+        stage.updated_at = utcnow()
+    pipeline.status = PipelineStatus.RUNNING
+    session.commit()
+    advance(session, pipeline_id)
+    session.refresh(stage)
+    return stage
 
 
 # ---------------------------------------------------------------------------------------------

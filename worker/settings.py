@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="attempts per stage before it is marked failed")
     task_time_limit_s: int = Field(48 * 3600, ge=60, description="hard limit for one stage task")
     weights_dir: Path | None = Field(None, description="folder searched for pretrained weight files")
+    stavis_root: Path | None = Field(None, description="STAViS test sets (video_frames/, annotations/, …) for "
+                                     "the dashboard's benchmark action; unset = data_root/stavis")
     api_url: str = Field("http://127.0.0.1:8000", description="dashboard URL used by the API client commands")
     dashboard_host: str = Field("127.0.0.1", description="address `stapipe up` serves the dashboard on")
     dashboard_port: int = Field(8000, ge=1, le=65535, description="port `stapipe up` serves the dashboard on")
@@ -79,6 +81,10 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return (self.data_root or self.resolved_home() / "data").expanduser().resolve()
+
+    @property
+    def stavis_dir(self) -> Path:
+        return (self.stavis_root or self.data_dir / "stavis").expanduser().resolve()
 
     @property
     def artefact_dir(self) -> Path:

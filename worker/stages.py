@@ -37,14 +37,17 @@ STAGES: tuple[StageSpec, ...] = (
 SPECS: dict[str, StageSpec] = {s.kind: s for s in STAGES}
 KINDS: tuple[str, ...] = tuple(s.kind for s in STAGES)
 
+#: stages a pipeline gets only on request (the dashboard's "Benchmark on STAViS sets" action)
+OPTIONAL_STAGES: tuple[StageSpec, ...] = (StageSpec("benchmark", "gpu", ("train_sta",), (("evaluate",),)),)
+
 
 def downstream_of(kind: str) -> list[str]:
     """``kind`` and every stage that depends on it, directly or not, in table order."""
     out = {kind}
-    for spec in STAGES:  # STAGES is topologically ordered
+    for spec in (*STAGES, *OPTIONAL_STAGES):  # topologically ordered
         if out.intersection(spec.depends_on):
             out.add(spec.kind)
-    return [k for k in KINDS if k in out]
+    return [k for k in (*KINDS, *(s.kind for s in OPTIONAL_STAGES)) if k in out]
 
 
 def _section(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -94,4 +97,4 @@ def input_hashes(config: dict[str, Any], dataset_fp: str) -> dict[str, str]:
     return out
 
 
-__all__ = ["StageSpec", "STAGES", "SPECS", "KINDS", "downstream_of", "dataset_fingerprint", "input_hashes"]
+__all__ = ["StageSpec", "STAGES", "OPTIONAL_STAGES", "SPECS", "KINDS", "downstream_of", "dataset_fingerprint", "input_hashes"]

@@ -241,6 +241,12 @@ def body_evaluate(ctx: StageContext) -> None:
     ctx.summary = evaluate_stage(ctx, _dataset(ctx))
 
 
+def body_benchmark(ctx: StageContext) -> None:
+    from worker.benchmark import benchmark_stage
+
+    ctx.summary = benchmark_stage(ctx)
+
+
 BODIES: dict[str, Callable[[StageContext], None]] = {
     "extract": body_extract,
     **{f"train_{b}_{p}": body_train_branch for b in ("s", "sa", "st") for p in ("coarse", "fine")},
@@ -250,6 +256,7 @@ BODIES: dict[str, Callable[[StageContext], None]] = {
     "pseudo_gt": body_pseudo_gt,
     "train_sta": body_train_sta,
     "evaluate": body_evaluate,
+    "benchmark": body_benchmark,
 }
 
 

@@ -2,6 +2,9 @@
 
 Writes ``metrics.json`` and ``metrics.csv`` and prints a table; with ``--baseline centre`` the
 centre-bias baseline is scored on the same videos and reported beside the predictions.
+Predictions must cover every GT frame (matched by number: ``<N>.png`` ↔ ``eyeMap_<N>.jpg``);
+otherwise the command refuses with a one-line reason and writes nothing, unless
+``--allow-missing``. A ``--gt`` without STAViS ground truth writes nothing either.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sta_models.callbacks import Callbacks
     from sta_models.config import EvaluateConfig
-    from sta_models.evaluation import evaluate_baseline, evaluate_folder, format_table, write_reports
+    from sta_models.evaluation import (
+        check_coverage,
+        evaluate_baseline,
+        evaluate_folder,
+        format_table,
+        write_reports,
+    )
 
     cfg = EvaluateConfig(n_splits=args.splits, seed=args.seed, blur_sigma=args.sigma)
     bar = tqdm(unit="frame", desc="evaluate", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
@@ -28,6 +37,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         bar.refresh()
 
     cb = Callbacks(progress=progress)
+    try:
+        coverage = check_coverage(args.pred, args.gt)
+    except (FileNotFoundError, OSError) as exc:
+        bar.close()
+        print(f"error: {exc}; nothing written", file=sys.stderr)
+        return 2
+    if not coverage.complete and not args.allow_missing:
+        bar.close()
+        print(f"error: predictions do not cover the ground truth: {coverage.reason()}; nothing written "
+              "(per-second maps against per-frame GT? predict with --every-frame, or pass --allow-missing)",
+              file=sys.stderr)
+        return 1
     try:
         reports = [evaluate_folder(args.pred, args.gt, cfg=cfg, callbacks=cb)]
         if args.baseline:
@@ -41,6 +62,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.pred)
     json_path, csv_path = write_reports(reports, out / "metrics.json", out / "metrics.csv", config=cfg)
     print(format_table(reports, per_video=not args.summary))
+    for v in reports[0].videos:
+        print(f"{v.video}: {v.frames_scored} GT frames scored, {v.frames_missing} missing, {v.frames_nan} NaN")
     for line in reports[0].problems():
         print(f"warning: {line}", file=sys.stderr)
     print(f"wrote {json_path} and {csv_path}")
@@ -61,5 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=2.0, help="prediction blur σ in px (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--summary", action="store_true", help="print only the dataset rows")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score what is there even when predictions miss GT frames (counted per video)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)

@@ -20,6 +20,7 @@ Choices where the SPEC is silent (written down here because they change the numb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,42 +115,80 @@ class STA(nn.Module):
         if audio.dim() == 4:
             audio = audio.unsqueeze(2)
         b, _, _, h_in, w_in = frames.shape
-        n = self.new
-        feats = self.backbone.forward_stages(frames.flatten(0, 1))  # [3B, ...], frame-major per item
-        x0 = n["proj3"](feats["layer2"])
-        x1 = n["proj4"](feats["layer3"])
-        x = n["proj5"](feats["layer4"])
+        feats = self.frame_features(frames.flatten(0, 1), audio.flatten(0, 1))  # [3B, ...], frame-major
+        x = feats.x
         h5, w5 = x.shape[-2:]
-
-        emb = self.audio(audio.flatten(0, 1).to(frames.dtype))
-        a_mask = n["audio_mask"](emb, (h5, w5))  # [3B, 1, h5, w5]
-
         per_frame = x.unflatten(0, (b, FRAMES))  # [B, 3, C, h, w]; works for channels_last too
-        stacked = torch.stack([per_frame[:, k] for k in range(FRAMES)], dim=2)  # [B, C, 3, h, w]
-        t_mask = torch.sigmoid(n["temporal"](stacked))  # [B, 1, 3, h, w]
+        t_mask = self._temporal_mask([per_frame[:, k] for k in range(FRAMES)])  # [B, 1, 3, h, w]
         t_mask = t_mask.permute(0, 2, 1, 3, 4).reshape(b * FRAMES, 1, h5, w5)  # frame-major like x
+        out = self._decode(feats, t_mask, (h_in, w_in))  # [3B, 3 sides, H, W]
+        return out.unflatten(0, (b, FRAMES))
 
+    def frame_features(self, images: torch.Tensor, audio: torch.Tensor) -> FrameFeatures:
+        """Everything STA computes from one frame and its audio alone: images [N, 3, H, W], audio
+        [N, 1, 81, 199]. Per-frame prediction computes this once per frame and reuses it for the
+        neighbours (:meth:`saliency_from_features`)."""
+        n = self.new
+        feats = self.backbone.forward_stages(images)
+        x = n["proj5"](feats["layer4"])
+        emb = self.audio(audio.to(images.dtype))
+        return FrameFeatures(x0=n["proj3"](feats["layer2"]), x1=n["proj4"](feats["layer3"]), x=x,
+                             a_mask=n["audio_mask"](emb, tuple(x.shape[-2:])), size=tuple(images.shape[-2:]))
+
+    def _temporal_mask(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """Class maps of (t−1, t, t+1), each [B, C, h, w] → mask [B, 1, 3, h, w]."""
+        return torch.sigmoid(self.new["temporal"](torch.stack(xs, dim=2)))
+
+    def _decode(self, f: FrameFeatures, t_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Fusion and decoder of frames whose features and temporal mask are known: [N, 3 sides, H, W]."""
+        n, x = self.new, f.x
         fused = n["fuse"](torch.cat([
             F.relu(x + n["gate"](x)),
             F.relu(x + t_mask),
-            F.relu(x + x * a_mask),
+            F.relu(x + x * f.a_mask),
         ], dim=1))
         r4 = F.relu(n["dec4"](torch.cat([fused, x], dim=1)))
-        up4 = F.interpolate(r4, size=x1.shape[-2:], mode="bilinear", align_corners=False)
-        r3 = F.relu(n["dec3"](torch.cat([up4, x1], dim=1)))
-        up3 = F.interpolate(r3, size=x0.shape[-2:], mode="bilinear", align_corners=False)
-        r2 = F.relu(n["dec2"](torch.cat([up3, x0], dim=1)))
+        up4 = F.interpolate(r4, size=f.x1.shape[-2:], mode="bilinear", align_corners=False)
+        r3 = F.relu(n["dec3"](torch.cat([up4, f.x1], dim=1)))
+        up3 = F.interpolate(r3, size=f.x0.shape[-2:], mode="bilinear", align_corners=False)
+        r2 = F.relu(n["dec2"](torch.cat([up3, f.x0], dim=1)))
         sides = [
-            F.interpolate(n[name](r), size=(h_in, w_in), mode="bilinear", align_corners=False)
+            F.interpolate(n[name](r), size=size, mode="bilinear", align_corners=False)
             for name, r in (("side4", r4), ("side3", r3), ("side2", r2))
         ]
-        out = torch.cat(sides, dim=1)  # [3B, 3 sides, H, W]
-        return out.unflatten(0, (b, FRAMES))
+        return torch.cat(sides, dim=1)
 
     @torch.no_grad()
     def saliency(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Saliency of the centre frame in [0, 1]: [B, H, W]."""
         return torch.sigmoid(self.forward(frames, audio)[:, CENTRE, FINEST].float())
+
+    @torch.no_grad()
+    def saliency_from_features(self, prev: FrameFeatures, cur: FrameFeatures, nxt: FrameFeatures) -> torch.Tensor:
+        """The same as :meth:`saliency` from precomputed per-frame features of (t−1, t, t+1), each a
+        batch of B frames: only the temporal mask, the fusion and the decoder of the centre run."""
+        t_mask = self._temporal_mask([prev.x, cur.x, nxt.x])[:, :, CENTRE]  # [B, 1, h, w]
+        return torch.sigmoid(self._decode(cur, t_mask, cur.size)[:, FINEST].float())
+
+
+@dataclass
+class FrameFeatures:
+    """Per-frame tensors of STA (batch-first): projected F3/F4/F5 maps and the audio mask."""
+
+    x0: torch.Tensor
+    x1: torch.Tensor
+    x: torch.Tensor
+    a_mask: torch.Tensor
+    size: tuple[int, int]
+
+    def select(self, index: torch.Tensor) -> FrameFeatures:
+        """The features of the frames at ``index`` (a 1-D index tensor), in that order."""
+        return FrameFeatures(self.x0[index], self.x1[index], self.x[index], self.a_mask[index], self.size)
+
+    @staticmethod
+    def cat(parts: list[FrameFeatures]) -> FrameFeatures:
+        return FrameFeatures(*(torch.cat([getattr(p, k) for p in parts]) for k in ("x0", "x1", "x", "a_mask")),
+                             size=parts[0].size)
 
 
 def sta_param_groups(model: STA) -> list[dict[str, Any]]:

@@ -135,8 +135,11 @@ def test_cli_writes_json_csv_and_table(gt: Path, tmp_path: Path, capsys: pytest.
     _perfect(gt, pred)
     (pred / "vidB" / "00001.png").unlink()
     out = tmp_path / "out"
-    rc = main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--baseline", "centre",
-               "--splits", "5", "--quiet"])
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--baseline", "centre",
+            "--splits", "5", "--quiet"]
+    assert main(args) == 1  # a GT frame without a prediction: refused, nothing written
+    assert "1 of 8 GT frames have no prediction" in capsys.readouterr().err and not out.exists()
+    rc = main([*args, "--allow-missing"])
     captured = capsys.readouterr()
     assert rc == 0
     assert "vidB: frames 1" in captured.err
