@@ -10,7 +10,20 @@ from werkzeug.routing import IntegerConverter
 
 from worker.settings import Settings, get_settings
 
-from . import api, apidocs, auth, benchmark, compare, database, errors, files, formatting, health, pages, workers
+from . import (
+    api,
+    apidocs,
+    auth,
+    benchmark,
+    compare,
+    database,
+    errors,
+    files,
+    formatting,
+    health,
+    pages,
+    workers,
+)
 from .secrets import dashboard_token, secret_key, token_path
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from worker.disk import pipeline_usage
 
 from . import disk, jobs, queries
 from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
-from .compare import flat_config
 from .benchmark import benchmark_view, can_benchmark
+from .compare import flat_config
 from .config_form import (
     BACKBONES,
     OTHER_FIELDS,
