@@ -21,6 +21,7 @@ import torch
 from sta_models.clips import audio_windows, frame_neighbours, open_frame_folder, parse_fps
 from sta_models.config import EvaluateConfig
 from sta_models.evaluation import check_coverage, evaluate_folder
+from sta_models.evaluation_result import load_evaluation
 from sta_models.every_frame import predict_every_frame
 from sta_models.imageio_utils import read_map, write_map
 from sta_models.predict import predict_videos
@@ -163,9 +164,9 @@ def test_evaluate_refuses_predictions_that_miss_gt_frames(predicted, stavis: Pat
     rc = stapipe(["evaluate", "--pred", str(pred), "--gt", str(gt), "--splits", "3", "--quiet", "--allow-missing"])
     printed = capsys.readouterr().out
     assert rc == 0 and "clip25: 3 GT frames scored, 72 missing, 0 NaN" in printed
-    data = json.loads((pred / "metrics.json").read_text())
-    videos = {v["video"]: v for v in data["reports"]["prediction"]["videos"]}
-    assert (videos["clip2997"]["frames_scored"], videos["clip2997"]["frames_missing"]) == (3, 87)
+    result = load_evaluation(pred / "metrics.json")
+    videos = {v.video: v for v in result.videos}
+    assert (videos["clip2997"].frames_scored, videos["clip2997"].frames_missing) == (3, 87)
 
 
 def test_a_wrong_gt_writes_nothing(predicted, stavis: Path, tmp_path: Path, capsys) -> None:
