@@ -31,6 +31,7 @@ from db.models import (
 )
 from db.session import session_scope
 from sta_models.jsonio import finite_json
+from worker import handback
 from worker.logs import StageLog, stage_logging
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ class DbCallbacks:
                 updated_at=utcnow()))
 
     def cancel_requested(self) -> bool:
+        if handback.requested():  # the worker is stopping: stop now, worker.handback hands the stage back
+            return True
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return self._cancel
@@ -342,7 +345,7 @@ def execute_stage(
     before: Callable[[StageContext], None] | None = None,
 ) -> str:
     """Claim → run ``body`` with heartbeat, log file and DB callbacks → finish. Returns the outcome
-    ("dropped", "succeeded", "failed", "cancelled", "superseded", "fanout")."""
+    ("dropped", "succeeded", "failed", "cancelled", "superseded", "fanout", "handed back")."""
     from sta_models.callbacks import Cancelled
     from sta_models.config import PipelineConfig
 
@@ -381,8 +384,10 @@ def execute_stage(
             stage_log.write("superseded by another attempt; stopping without changing the stage")
             outcome = "superseded"
         except Cancelled:
-            stage_log.write("cancelled on request (checkpoint saved by the library)")
-            outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
+            outcome = hand_back(ctx) if handback.requested() else "cancel"
+            if outcome == "cancel":
+                stage_log.write("cancelled on request (checkpoint saved by the library)")
+                outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
         except BaseException as exc:  # noqa: BLE001 — everything becomes a recorded failure
             trace = tb.format_exc()
             stage_log.write(f"FAILED: {one_line(exc)}\n{trace}")
@@ -391,6 +396,38 @@ def execute_stage(
                 raise
         stage_log.write(f"== {kind} attempt {attempt}: {outcome} ==")
     return outcome
+
+
+def hand_back(ctx: StageContext) -> str:
+    """The worker is stopping (worker.handback): put the running stage back to ``queued`` under a
+    new token and send it again, without counting the attempt (``attempts_base`` + 1), so that
+    another worker resumes it from its checkpoint. A cancel requested meanwhile wins ("cancel")."""
+    import uuid
+
+    token, now = uuid.uuid4().hex, utcnow()
+    with session_scope(ctx.url) as session:
+        res = session.execute(
+            update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
+                                Stage.status == StageStatus.RUNNING, Stage.cancel_requested.is_(False))
+            .values(status=StageStatus.QUEUED, celery_task_id=token, queued_at=now, updated_at=now,
+                    attempts_base=Stage.attempts_base + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            row = session.execute(select(Stage.celery_task_id, Stage.cancel_requested)
+                                  .where(Stage.id == ctx.stage_id)).one_or_none()
+            session.rollback()
+            return "cancel" if row is not None and row.celery_task_id == ctx.token and row.cancel_requested \
+                else "superseded"
+        queue = session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id)) or "gpu"
+        _refresh(session, ctx.pipeline_id)
+        session.commit()
+    from worker.orchestration import _send_all
+
+    _send_all([("stage", ctx.stage_id, queue, token)])  # a lost send is re-sent by recover_stale
+    ctx.stage_log.write("worker stopping: stage handed back to the queue; it resumes from its last checkpoint "
+                        "(this attempt is not counted)")
+    return "handed back"
 
 
 def _succeed(ctx: StageContext) -> str:
