@@ -35,7 +35,8 @@ def _index(instructions, word: str, pattern: str) -> int:
 
 def test_base_image_is_slim_python_311(instructions) -> None:
     froms = [args for word, args in instructions if word == "FROM"]
-    assert len(froms) == 1 and re.fullmatch(r"python:3\.11-slim(-\w+)?", froms[0]), froms
+    # stage 1 only extracts the dependency list; the final stage is the image
+    assert froms == ["python:3.11-slim-bookworm AS requirements", "python:3.11-slim-bookworm"], froms
 
 
 def test_installs_debian_ffmpeg(instructions) -> None:
@@ -45,10 +46,14 @@ def test_installs_debian_ffmpeg(instructions) -> None:
 
 
 def test_project_installed_with_the_constraints(instructions) -> None:
-    deps = _index(instructions, "RUN", r"pip install -c constraints\.txt -r ")
+    deps = _index(instructions, "RUN", r"pip install -c constraints\.txt -r /tmp/requirements\.txt")
     # --no-deps: the code layer never resolves or installs a dependency (a code edit costs seconds)
     project = _index(instructions, "RUN", r"pip install --no-deps -c constraints\.txt \.(\s|$)")
-    copy_meta = _index(instructions, "COPY", r"pyproject\.toml constraints\.txt")
+    # the dependency layer depends on the dependency list and the pins, not on all of pyproject.toml
+    final = _index(instructions, "FROM", r"^python:3\.11-slim-bookworm$")
+    listed = _index(instructions, "RUN", r"\['project'\]\['dependencies'\].*> /requirements\.txt")
+    assert listed < final < _index(instructions, "COPY", r"^--from=requirements /requirements\.txt ")
+    copy_meta = _index(instructions, "COPY", r"^constraints\.txt \./$")
     copy_all = _index(instructions, "COPY", r"^\.\s+\.$")
     # cache-friendly order: metadata, dependencies, then the code, then the project itself
     assert copy_meta < deps < copy_all < project
