@@ -37,16 +37,17 @@ from deploy_compose import ROOT
 
 from tests.system.conftest import wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.docker]
+# the whole run: ~3 min build from a warm cache, ~1.5 min up, the pipeline ~10-15 min on 2 idle cores
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(2700)]
 
 COMPOSE = ["docker", "compose", "-f", "compose.yaml", "-f", "compose.cpu.yaml"]
 ARTIFACTS = ROOT / "test-artifacts" / "compose-stack"
 SERVICES = ("redis", "postgres", "dashboard", "worker-gpu", "worker-cpu")
 TRAININGS = tuple(f"train_{b}_{p}" for p in ("coarse", "fine") for b in ("s", "sa", "st")) + ("train_sta",)
 FINAL = ("succeeded", "failed", "cancelled")
-# The tiny preset with fewer epochs: 18 instead of 42, enough for a kill and a stop mid-epoch each.
-EPOCHS = {**{f"{p}.{b}.epochs": n for p, n in (("coarse", 3), ("fine", 2)) for b in ("s", "sa", "st")},
-          "sta.epochs": 3}
+# The tiny preset with fewer epochs: 15 instead of 42; every training has an epoch 2 to be killed or
+# stopped in (after epoch 1 is checkpointed).
+EPOCHS = {**{f"{p}.{b}.epochs": 2 for p in ("coarse", "fine") for b in ("s", "sa", "st")}, "sta.epochs": 3}
 
 
 def _free_port() -> int:
@@ -214,7 +215,8 @@ def _scenario(stack: Stack) -> None:
     subprocess.run(["docker", "kill", stack.container("worker-gpu")], check=True, capture_output=True)
     assert stack.stages(pid)[killed["kind"]]["status"] == "running"  # nobody told the database
     stack.compose("start", "worker-gpu")  # same container, same node name: its startup recovery takes it back
-    _wait(lambda: stack.stages(pid)[killed["kind"]]["attempts"] == 2, 180, f"{killed['kind']} attempt 2")
+    _wait(lambda: stack.stages(pid)[killed["kind"]]["status"] == "queued"
+          or stack.stages(pid)[killed["kind"]]["attempts"] == 2, 240, f"{killed['kind']} re-queued")
 
     # -- restart the broker mid-pipeline: nothing lost ----------------------------------------------
     stack.compose("restart", "redis", timeout=120)
