@@ -335,7 +335,7 @@ def check_end_to_end(rep: Report, shapes: Shapes, device: torch.device, tmp: Pat
     """Section 4: the tiny pipeline on the accelerator vs on the CPU."""
     from sta_models.synth import generate
 
-    dataset = generate(tmp / "data" / "ave", classes=3, videos_per_class=2 if shapes is SMALL else 4,
+    dataset = generate(tmp / "data" / "ave", classes=3, videos_per_class=3 if shapes is SMALL else 4,
                        seconds=4, size=(128, 96), seed=0)
     cpu = ("--set", "coarse.*.device=cpu", "--set", "fine.*.device=cpu", "--set", "sta.device=cpu")
     wall_dev, on_dev = run_pipeline(tmp, "accelerator", dataset, shapes.e2e)

@@ -244,7 +244,8 @@ def _scenario(stack: Stack) -> None:
         assert stack.epochs(stages[kind]["id"]) == list(range(1, section["epochs"] + 1)), kind  # each epoch once
     killed_log = stack.stage_log(killed["id"])
     resumed = re.search(r"resuming from \S+last\.pt after epoch (\d+)", killed_log)
-    assert stages[killed["kind"]]["attempts"] == 2 and resumed, killed_log[-2000:]
+    # >= 2: the Redis restart may cost the worker's consumer its connection too (supervise restarts it)
+    assert stages[killed["kind"]]["attempts"] >= 2 and resumed, killed_log[-2000:]
     assert int(resumed.group(1)) >= killed_epochs[-1] >= 1  # killed in epoch >= 2: the checkpoint was used
     stopped_log = stack.stage_log(stopped["id"])
     assert "handed back to the queue" in stopped_log and "resuming from" in stopped_log, stopped_log[-2000:]
