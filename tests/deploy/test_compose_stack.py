@@ -82,6 +82,7 @@ class Stack:
                     "DOCKER_BUILDKIT": "0"}
         self.token = ""
         self.timings: dict[str, float] = {}
+        self.earlier_logs: dict[str, str] = {}  # logs of containers that `down` removed
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
         t0 = time.monotonic()
@@ -129,11 +130,23 @@ class Stack:
         status = self.api("GET", f"/pipelines/{pid}")["status"]
         return status if status in FINAL else None
 
+    def logs(self) -> dict[str, str]:
+        return {service: (lambda d: d.stdout + d.stderr)(self.compose(
+                    "logs", "--no-color", "--timestamps", service, timeout=120, check=False))
+                for service in (*SERVICES, "migrate")}
+
+    def down_keeping_logs(self) -> None:
+        """``down`` removes the containers and their logs: keep them for :meth:`save_logs`."""
+        self.earlier_logs = self.logs()
+        self.compose("down", timeout=300)
+
     def save_logs(self) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for service in (*SERVICES, "migrate"):
-            done = self.compose("logs", "--no-color", "--timestamps", service, timeout=120, check=False)
-            (ARTIFACTS / f"{service}.log").write_text(done.stdout + done.stderr)
+        for service, text in self.logs().items():
+            before = self.earlier_logs.get(service)
+            if before is not None:
+                text = f"{before}\n----- docker compose down, then up -----\n{text}"
+            (ARTIFACTS / f"{service}.log").write_text(text)
         (ARTIFACTS / "ps.txt").write_text(self.compose("ps", "-a", timeout=60, check=False).stdout)
 
 
@@ -259,7 +272,7 @@ def _scenario(stack: Stack) -> None:
     assert "metrics.json" in artefacts
 
     # -- down, then up: the pipeline, its metrics and artefacts are still there -----------------------
-    stack.compose("down", timeout=300)
+    stack.down_keeping_logs()
     stack.compose("up", "-d", "--wait", timeout=600)
     assert stack.api("GET", f"/pipelines/{pid}")["status"] == "succeeded"
     assert stack.epochs(stages["train_sta"]["id"]) == list(range(1, config["sta"]["epochs"] + 1))
@@ -271,7 +284,7 @@ def _scenario(stack: Stack) -> None:
 
     # -- the evaluation table, checked last so that everything above runs on every branch -----------
     ev = results.get("evaluation")
-    assert ev is not None, f"results API has no 'evaluation' key (contract, docs/architecture.md): {sorted(results)}"
+    assert ev is not None, f"results API has no 'evaluation' key (the versioned evaluation schema): {sorted(results)}"
     assert ev["schema_version"] == 1 and "cc" in ev["metrics"]
     dataset = {row["method"]: row["values"] for row in ev["dataset"]}
     assert dataset["sta"]["cc"] > dataset["centre"]["cc"], dataset
