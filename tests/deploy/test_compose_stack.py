@@ -131,9 +131,11 @@ class Stack:
         return status if status in FINAL else None
 
     def logs(self) -> dict[str, str]:
-        return {service: (lambda d: d.stdout + d.stderr)(self.compose(
-                    "logs", "--no-color", "--timestamps", service, timeout=120, check=False))
-                for service in (*SERVICES, "migrate")}
+        out = {}
+        for service in (*SERVICES, "migrate"):
+            done = self.compose("logs", "--no-color", "--timestamps", service, timeout=120, check=False)
+            out[service] = done.stdout + done.stderr
+        return out
 
     def down_keeping_logs(self) -> None:
         """``down`` removes the containers and their logs: keep them for :meth:`save_logs`."""
