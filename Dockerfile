@@ -8,6 +8,14 @@
 # mounts it into the container when compose reserves a GPU. The host needs a driver that supports
 # CUDA 13.0 (R580 or newer). Without a GPU the same image runs on the CPU.
 
+# Stage 1: only the dependency list out of pyproject.toml. The install below copies this file, not
+# pyproject.toml, so an edit of anything else in pyproject.toml (version, pytest or ruff settings)
+# leaves the multi-GB dependency layer cached.
+FROM python:3.11-slim-bookworm AS requirements
+COPY pyproject.toml /tmp/
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /requirements.txt
+
 FROM python:3.11-slim-bookworm
 
 # Debian's ffmpeg/ffprobe for extraction (SPEC §2: decoding goes through ffmpeg-python, which
@@ -29,18 +37,17 @@ RUN python -m venv /opt/venv
 
 WORKDIR /opt/stapipe
 
-# Dependencies first, as their own layer: read the dependency list out of pyproject.toml and
-# install it pinned by constraints.txt. This multi-GB layer (torch + CUDA wheels) is rebuilt only
-# when pyproject.toml or constraints.txt change, not on every code edit.
-COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -c constraints.txt -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, as their own layer: the list from stage 1, pinned by constraints.txt. This
+# multi-GB layer (torch + CUDA wheels) is rebuilt only when the dependency list or constraints.txt
+# change, not on a code edit (bench/RESULTS.md, "Image": seconds instead of minutes).
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+COPY constraints.txt ./
+RUN pip install -c constraints.txt -r /tmp/requirements.txt
 
-# Then the code. The dependencies are already satisfied, so this only builds and installs stapipe.
+# Then the code. The dependencies are already satisfied (--no-deps: a code edit never touches the
+# dependency layer above, and this layer takes seconds), so this only builds and installs stapipe.
 COPY . .
-RUN pip install -c constraints.txt . && rm -rf build *.egg-info
+RUN pip install --no-deps -c constraints.txt . && rm -rf build *.egg-info
 
 # Non-root user. The data folders exist in the image, owned by that user, so that a fresh named
 # volume mounted on them starts with that ownership (Docker copies it into an empty volume).

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps lint bench clean
+.PHONY: demo test install system-deps lint bench gpu-check clean
 
 demo: install
 	$(VENV)/bin/stapipe demo
@@ -43,6 +43,11 @@ lint: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# The paper preset on a GPU (issue 17): one run of under 8 minutes, its table appended to
+# bench/RESULTS.md with the machine. On a CPU-only machine use `bench/gpu_check.py --small`.
+gpu-check: install
+	$(PY) bench/gpu_check.py --write-results
 
 clean:
 	rm -rf var test-artifacts .pytest_cache

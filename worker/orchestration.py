@@ -470,6 +470,7 @@ def recover_stale(
                 session.execute(update(ExtractionItem).where(ExtractionItem.id == item.id).values(updated_at=now)
                                 .execution_options(synchronize_session=False))
     # running extract stages: items never created (fan-out task died) or all items final
+    with_items: list[int] = []
     for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING, Stage.kind == "extract")):
         n_items = session.scalar(select(func.count()).where(ExtractionItem.stage_id == stage.id)) or 0
         if n_items == 0 and is_dead(stage.worker_host, stage.updated_at):
@@ -481,12 +482,15 @@ def recover_stale(
             recovered.append(stage)
         elif n_items:
             touched_pipelines.add(stage.pipeline_id)
+            with_items.append(stage.id)
     session.commit()
     _send_all(messages)
     from worker.stage_runner import finish_extract_if_done  # avoid an import cycle
 
-    for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING, Stage.kind == "extract")):
-        finish_extract_if_done(session, stage.id)
+    # only stages whose fan-out inserted its items: one without items yet is still being set up
+    # ("all items final" would be vacuously true and fail it with 0/0 videos)
+    for stage_id in with_items:
+        finish_extract_if_done(session, stage_id)
     for pid in touched_pipelines:
         pipeline = session.get(Pipeline, pid)
         if pipeline is not None:

@@ -33,6 +33,7 @@ from db.models import (
 from db.session import session_scope
 from db.transient import DatabaseUnavailable, is_transient, retry
 from sta_models.jsonio import finite_json
+from worker import handback
 from worker.logs import StageLog, stage_logging
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,8 @@ class DbCallbacks:
                 updated_at=utcnow())), 0, "writing progress")
 
     def cancel_requested(self) -> bool:
+        if handback.requested():  # the worker is stopping: stop now, worker.handback hands the stage back
+            return True
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return self._cancel
@@ -436,7 +439,8 @@ def execute_stage(
     ``outage_s`` (raising :class:`DatabaseUnavailable` from the claim: the caller re-sends the
     message); a stage whose body or callbacks met a longer outage is handed back to the queue (its
     next claim counts an attempt, so ``max_attempts`` still bounds it); if even that cannot be
-    written, the stage stays running without a heartbeat and recovery re-queues it.
+    written, the stage stays running without a heartbeat and recovery re-queues it. A worker that
+    is stopping (``worker.handback``) hands its stage back without counting the attempt.
     """
     from sta_models.callbacks import Cancelled
     from sta_models.config import PipelineConfig
@@ -484,9 +488,16 @@ def execute_stage(
                 stage_log.write("superseded by another attempt; stopping without changing the stage")
                 outcome = "superseded"
             except Cancelled:
-                stage_log.write("cancelled on request (checkpoint saved by the library)")
                 cbs.flush(outage_s)
-                outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
+                outcome = "cancel"
+                if handback.requested():
+                    outcome = _hand_back(ctx, "worker stopping", cbs, counts_attempt=False)
+                    if outcome == "handed back":
+                        stage_log.write("worker stopping: stage handed back to the queue; it resumes from its "
+                                        "last checkpoint (this attempt is not counted)")
+                if outcome == "cancel":
+                    stage_log.write("cancelled on request (checkpoint saved by the library)")
+                    outcome = _set_final(ctx, StageStatus.CANCELLED, "cancelled on request", None)
             except Exception as exc:
                 if not (isinstance(exc, DatabaseUnavailable) or is_transient(exc)):
                     raise
@@ -574,36 +585,48 @@ def _set_final(ctx: StageContext, status: str, error: str | None, trace: str | N
     return str(status)
 
 
-def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks) -> str:
+def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks, *, counts_attempt: bool = True) -> str:
     """Running → queued under a new token and a new message, with the kept epoch rows in the same
-    transaction: the next claim counts an attempt and resumes from the stage's checkpoint."""
+    transaction; the next claim resumes from the stage's checkpoint. After a database outage the
+    next claim counts an attempt; a stopping worker's hand-back (``counts_attempt=False``) does not
+    (``attempts_base`` + 1), and a cancel requested meanwhile wins ("cancel")."""
     import uuid
 
     from worker.orchestration import _send_all
 
     new_token = uuid.uuid4().hex
 
-    def write() -> str | None:
+    def write() -> tuple[str, str | None]:
         with session_scope(ctx.url) as session:
             now = utcnow()
-            res = session.execute(
-                update(Stage).where(Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token,
-                                    Stage.status == StageStatus.RUNNING)
-                .values(status=StageStatus.QUEUED, celery_task_id=new_token, queued_at=now, updated_at=now,
-                        error_summary=reason[:500]).execution_options(synchronize_session=False))
-            if res.rowcount != 1:  # taken over meanwhile (or a retry after our commit's answer was lost)
-                mine = session.scalar(select(Stage.celery_task_id).where(Stage.id == ctx.stage_id)) == new_token
-                return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id)) if mine else None
+            where = [Stage.id == ctx.stage_id, Stage.celery_task_id == ctx.token, Stage.status == StageStatus.RUNNING]
+            values: dict[str, Any] = {"status": StageStatus.QUEUED, "celery_task_id": new_token, "queued_at": now,
+                                      "updated_at": now}
+            if counts_attempt:
+                values["error_summary"] = reason[:500]
+            else:
+                where.append(Stage.cancel_requested.is_(False))
+                values["attempts_base"] = Stage.attempts_base + 1
+            res = session.execute(update(Stage).where(*where).values(**values)
+                                  .execution_options(synchronize_session=False))
+            if res.rowcount != 1:  # taken over meanwhile, cancelled, or a retry after our commit's answer was lost
+                row = session.execute(select(Stage.celery_task_id, Stage.cancel_requested, Stage.queue)
+                                      .where(Stage.id == ctx.stage_id)).one_or_none()
+                if row is not None and row.celery_task_id == new_token:
+                    return "handed back", row.queue
+                if row is not None and row.celery_task_id == ctx.token and row.cancel_requested:
+                    return "cancel", None
+                return "superseded", None
             cbs.write_pending(session)  # only while the stage is still ours: never a superseded epoch
-            return session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id))
+            _refresh(session, ctx.pipeline_id)
+            return "handed back", session.scalar(select(Stage.queue).where(Stage.id == ctx.stage_id))
 
     # Longer than the other writes: a hand-back touches no file, and a worker whose link comes back
     # after another host took the stage over learns it here (its UPDATE is refused by the token).
-    queue = retry(write, "handing the stage back to the queue", ctx.outage_s * HAND_BACK_FACTOR)
-    if queue is None:
-        return "superseded"
-    _send_all([("stage", ctx.stage_id, queue, new_token)])
-    return "handed back"
+    verdict, queue = retry(write, "handing the stage back to the queue", ctx.outage_s * HAND_BACK_FACTOR)
+    if verdict == "handed back":
+        _send_all([("stage", ctx.stage_id, queue or "gpu", new_token)])  # a lost send is re-sent by recover_stale
+    return verdict
 
 
 # ---------------------------------------------------------------------------------------------

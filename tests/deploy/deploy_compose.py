@@ -22,6 +22,13 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+CPU_OVERRIDE = ROOT / "compose.cpu.yaml"
+GITIGNORE = ROOT / ".gitignore"
+# What a .env must set: compose.yaml has no defaults for these (it refuses to start without them).
+REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "STAPIPE_DASHBOARD_PASSWORD", "STAPIPE_SECRET_KEY", "FLOWER_BASIC_AUTH")
+# A .env's secrets for the tests that read the file as compose would after `python3 tools/new_env.py`.
+TEST_SECRETS = {"POSTGRES_PASSWORD": "pg-Test_1", "STAPIPE_DASHBOARD_PASSWORD": "dash-test-2",
+                "STAPIPE_SECRET_KEY": "key-test-3", "FLOWER_BASIC_AUTH": "admin:flower-test-4"}
 
 # ------------------------------------------------------------------------------------------ YAML
 
@@ -141,13 +148,14 @@ def interpolate_tree(node: Any, env: dict[str, str], used: set[str]) -> Any:
 
 
 def load(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """compose.yaml as Compose sees it with ``env`` as the shell environment + .env file."""
-    return interpolate_tree(load_raw(), env or {}, set())
+    """compose.yaml as Compose sees it with ``env`` as the shell environment + .env file
+    (``None``: just the required secrets, i.e. a fresh .env)."""
+    return interpolate_tree(load_raw(), dict(TEST_SECRETS) if env is None else env, set())
 
 
 def variables_used() -> set[str]:
     used: set[str] = set()
-    interpolate_tree(load_raw(), {}, used)
+    interpolate_tree(load_raw(), dict(TEST_SECRETS), used)
     return used
 
 

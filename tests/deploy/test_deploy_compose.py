@@ -11,10 +11,15 @@ import tomllib
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from deploy_compose import (
     COMPOSE_FILE,
+    CPU_OVERRIDE,
     ENV_EXAMPLE,
+    GITIGNORE,
+    REQUIRED_SECRETS,
     ROOT,
+    TEST_SECRETS,
     InterpolationError,
     command_of,
     duration_s,
@@ -59,7 +64,7 @@ SECRET_WORDS = ("PASSWORD", "SECRET", "BASIC_AUTH", "TOKEN")
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return load({})  # nothing in the environment: the file's own defaults
+    return load()  # a fresh .env: the secrets and nothing else, i.e. the file's own defaults
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,17 @@ def services(compose: dict) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def anchor_env() -> dict[str, str]:
-    return {k: str(v) for k, v in load({})["x-stapipe-env"].items()}
+    return {k: str(v) for k, v in load()["x-stapipe-env"].items()}
+
+
+RESET = "!reset"
+
+
+class ResetLoader(yaml.SafeLoader):
+    """Compose's `!reset` tag (drop the base file's value) as a marker."""
+
+
+ResetLoader.add_constructor("!reset", lambda _loader, _node: RESET)
 
 
 def _queues(svc: dict) -> str | None:
@@ -209,7 +224,7 @@ def test_every_setting_is_documented_in_compose() -> None:
 
 @pytest.mark.parametrize("dotenv", ["defaults", ".env.example"])
 def test_settings_accept_the_compose_environment(dotenv: str, monkeypatch) -> None:
-    env = {} if dotenv == "defaults" else read_env_file()
+    env = {**(read_env_file() if dotenv == ".env.example" else {}), **TEST_SECRETS}
     anchor = {k: str(v) for k, v in load(env)["x-stapipe-env"].items()}
     for key in list(os.environ):
         if key.startswith("STAPIPE_"):
@@ -225,7 +240,7 @@ def test_settings_accept_the_compose_environment(dotenv: str, monkeypatch) -> No
 @pytest.mark.parametrize("dotenv", ["defaults", ".env.example", "custom"])
 def test_urls_point_at_the_compose_servers(dotenv: str) -> None:
     env = {"defaults": {}, ".env.example": read_env_file(), "custom": {"POSTGRES_PASSWORD": "s3cr3t-x"}}[dotenv]
-    compose = load(env)
+    compose = load({**TEST_SECRETS, **{k: v for k, v in env.items() if v}})
     pg = environment(compose["services"]["postgres"])
     db = urlsplit(compose["x-stapipe-env"]["STAPIPE_DATABASE_URL"])
     assert db.scheme == "postgresql+psycopg"
@@ -240,24 +255,73 @@ def test_urls_point_at_the_compose_servers(dotenv: str) -> None:
 
 def test_worker_only_hosts_can_override_the_servers() -> None:
     env = {"STAPIPE_DATABASE_URL": "postgresql+psycopg://u:p@10.0.0.1:5432/stapipe", "STAPIPE_BROKER_URL": "redis://10.0.0.1:6379/0"}
-    compose = load(env)
+    compose = load({**TEST_SECRETS, **env})
     for key, value in env.items():
         assert compose["x-stapipe-env"][key] == value
     assert "--broker=redis://10.0.0.1:6379/0" in command_of(compose["services"]["flower"])
 
 
 def test_no_hard_coded_secrets() -> None:
-    """Secrets come from .env; the only literals are the ${VAR:-…} defaults marked as dev-only."""
+    """Secrets come from .env only: ${VAR:?message}, no default a stack could start with."""
     raw = load_raw()
     envs = [raw["x-stapipe-env"]] + [s.get("environment") or {} for s in raw["services"].values()]
+    seen = set()
     for env in envs:
         for key, value in env.items():
             if any(w in key for w in SECRET_WORDS):
-                m = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(value))
-                assert m, f"{key} must be read from .env as ${{VAR:-dev default}}, not {value!r}"
-                assert re.search(r"dev-only|change-me", m.group(2)), f"{key}: mark the default as dev-only"
+                m = re.fullmatch(r"\$\{(\w+):\?copy \.env\.example to \.env and set (\w+)\}", str(value))
+                assert m and m.group(1) == m.group(2) == key, f"{key} must be ${{{key}:?copy .env.example ...}}, not {value!r}"
+                seen.add(key)
+    assert seen >= set(REQUIRED_SECRETS) - {"POSTGRES_PASSWORD"}
     url = raw["x-stapipe-env"]["STAPIPE_DATABASE_URL"]
-    assert "${POSTGRES_PASSWORD:-" in url, "the database URL takes the password from .env"
+    assert "${POSTGRES_PASSWORD:?copy .env.example to .env and set POSTGRES_PASSWORD}" in url
+    assert not re.search(r"dev-only|change-me", COMPOSE_FILE.read_text()), "no dev-only defaults left"
+
+
+@pytest.mark.parametrize("missing", REQUIRED_SECRETS)
+def test_compose_refuses_to_start_without_each_secret(missing: str) -> None:
+    for absent in ({k: v for k, v in TEST_SECRETS.items() if k != missing}, {**TEST_SECRETS, missing: ""}):
+        with pytest.raises(InterpolationError, match=f"required variable {missing} is missing: "
+                                                     f"copy .env.example to .env and set {missing}"):
+            load(absent)
+    with pytest.raises(InterpolationError):
+        load(read_env_file())  # .env.example copied without setting anything
+
+
+def test_env_file_is_never_committed() -> None:
+    lines = [line.strip() for line in GITIGNORE.read_text().splitlines()]
+    assert ".env" in lines or "/.env" in lines
+    example = read_env_file()
+    assert all(example[k] == "" for k in REQUIRED_SECRETS), "the example ships no usable secret"
+
+
+def test_new_env_script_fills_every_secret(tmp_path) -> None:
+    target = tmp_path / ".env"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "new_env.py"), str(target)], capture_output=True,
+                          text=True, check=True)
+    assert str(target) in done.stdout and oct(target.stat().st_mode & 0o777) == "0o600"
+    env = read_env_file(target)
+    assert all(len(env[k]) >= 20 for k in REQUIRED_SECRETS)
+    assert set(env) == set(read_env_file())
+    load(env)  # compose would start
+    db = urlsplit(load(env)["x-stapipe-env"]["STAPIPE_DATABASE_URL"])
+    assert db.password == env["POSTGRES_PASSWORD"]
+    again = subprocess.run([sys.executable, str(ROOT / "tools" / "new_env.py"), str(target)], capture_output=True,
+                           text=True)
+    assert again.returncode == 1 and "not overwriting" in again.stderr
+    assert read_env_file(target) == env
+
+
+def test_cpu_override_drops_only_the_gpu_reservations() -> None:
+    """compose.cpu.yaml as Compose merges it: `!reset` empties deploy; the rest stays."""
+    override = yaml.load(CPU_OVERRIDE.read_text(), Loader=ResetLoader)  # noqa: S506 - SafeLoader subclass
+    base = load()["services"]
+    assert set(override) == {"services"}
+    assert set(override["services"]) == {n for n, s in base.items() if "devices" in str(s.get("deploy", ""))}
+    for name, svc in override["services"].items():
+        assert svc["deploy"] == RESET, f"{name}: deploy must be reset"
+        assert set(svc) <= {"deploy", "shm_size"}, f"{name}: the override changes only the GPU parts"
+        assert _queues(base[name]) == "gpu"  # the gpu queue still has its worker: on the CPU
 
 
 def test_env_example_matches_the_variables_compose_reads() -> None:
@@ -265,7 +329,7 @@ def test_env_example_matches_the_variables_compose_reads() -> None:
     documented = set(read_env_file(include_commented=True))
     assert used - documented == set(), f"variables compose.yaml reads that .env.example does not show: {used - documented}"
     assert documented - used == set(), f".env.example variables compose.yaml never reads: {documented - used}"
-    assert ENV_EXAMPLE.read_text().count("dev-only") >= 3
+    assert "dev-only" not in ENV_EXAMPLE.read_text()
 
 
 # ---------------------------------------------------------------------------- volumes, ports

@@ -35,7 +35,7 @@ def test_table_lists_every_setting_once() -> None:
 
 def test_container_values_in_the_doc_match_compose() -> None:
     """The hand-written "value in the containers" rows quote compose.yaml's x-stapipe-env."""
-    anchor = load({})["x-stapipe-env"]
+    anchor = load()["x-stapipe-env"]
     rows = re.findall(r"^\| `(\w+)` \| `(/srv/[^`]+|http://[^`]+)`", DOC.read_text(encoding="utf-8"), flags=re.M)
     assert len(rows) >= 6
     for name, value in rows:

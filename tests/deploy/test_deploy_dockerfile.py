@@ -35,7 +35,8 @@ def _index(instructions, word: str, pattern: str) -> int:
 
 def test_base_image_is_slim_python_311(instructions) -> None:
     froms = [args for word, args in instructions if word == "FROM"]
-    assert len(froms) == 1 and re.fullmatch(r"python:3\.11-slim(-\w+)?", froms[0]), froms
+    # stage 1 only extracts the dependency list; the final stage is the image
+    assert froms == ["python:3.11-slim-bookworm AS requirements", "python:3.11-slim-bookworm"], froms
 
 
 def test_installs_debian_ffmpeg(instructions) -> None:
@@ -45,9 +46,14 @@ def test_installs_debian_ffmpeg(instructions) -> None:
 
 
 def test_project_installed_with_the_constraints(instructions) -> None:
-    deps = _index(instructions, "RUN", r"pip install -c constraints\.txt -r ")
-    project = _index(instructions, "RUN", r"pip install -c constraints\.txt \.(\s|$)")
-    copy_meta = _index(instructions, "COPY", r"pyproject\.toml constraints\.txt")
+    deps = _index(instructions, "RUN", r"pip install -c constraints\.txt -r /tmp/requirements\.txt")
+    # --no-deps: the code layer never resolves or installs a dependency (a code edit costs seconds)
+    project = _index(instructions, "RUN", r"pip install --no-deps -c constraints\.txt \.(\s|$)")
+    # the dependency layer depends on the dependency list and the pins, not on all of pyproject.toml
+    final = _index(instructions, "FROM", r"^python:3\.11-slim-bookworm$")
+    listed = _index(instructions, "RUN", r"\['project'\]\['dependencies'\].*> /requirements\.txt")
+    assert listed < final < _index(instructions, "COPY", r"^--from=requirements /requirements\.txt ")
+    copy_meta = _index(instructions, "COPY", r"^constraints\.txt \./$")
     copy_all = _index(instructions, "COPY", r"^\.\s+\.$")
     # cache-friendly order: metadata, dependencies, then the code, then the project itself
     assert copy_meta < deps < copy_all < project
@@ -68,12 +74,12 @@ def test_default_command_is_the_dashboard_of_compose(instructions) -> None:
     cmd = [exec_form(a) for w, a in instructions if w == "CMD"][-1]
     assert entry == ["/usr/bin/tini", "--"], "tini forwards SIGTERM and reaps children"
     assert any(re.search(r"\btini\b", a) for w, a in instructions if w == "RUN")
-    assert cmd == command_of(load({})["services"]["dashboard"]), "CMD and compose's dashboard command differ"
+    assert cmd == command_of(load()["services"]["dashboard"]), "CMD and compose's dashboard command differ"
 
 
 def test_image_paths_match_compose(instructions) -> None:
     env = dockerfile_env(instructions)
-    anchor = load({})["x-stapipe-env"]
+    anchor = load()["x-stapipe-env"]
     stapipe = {k: v for k, v in env.items() if k.startswith("STAPIPE_")}
     assert set(stapipe) <= set(env_names()), set(stapipe) - set(env_names())
     for key, value in stapipe.items():
@@ -81,7 +87,7 @@ def test_image_paths_match_compose(instructions) -> None:
     assert env["TORCH_HOME"] == anchor["TORCH_HOME"]
     # each mount point exists in the image, owned by the runtime user, so fresh volumes are writable
     mkdirs = " ".join(a for w, a in instructions if w == "RUN" and "mkdir" in a)
-    targets = {t for svc in load({})["services"].values() if "build" in svc for _, t, _ in mounts(svc)}
+    targets = {t for svc in load()["services"].values() if "build" in svc for _, t, _ in mounts(svc)}
     for target in targets | {anchor["STAPIPE_HOME"]}:
         assert target in shlex.split(mkdirs), f"the image must create {target} (chown'd to the user)"
     assert "chown -R stapipe:stapipe /srv/stapipe" in mkdirs

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from deploy_compose import command_of, environment, load, mounts, option
+from deploy_compose import TEST_SECRETS, command_of, environment, load, mounts, option
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -167,7 +167,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict]:
-    return load({"CPU_WORKER_CONCURRENCY": "1"})["services"]  # two cores shared by the whole suite
+    return load({**TEST_SECRETS, "CPU_WORKER_CONCURRENCY": "1"})["services"]  # two cores shared by the whole suite
 
 
 def _wait_healthz(stack: Stack, proc: subprocess.Popen, timeout: float) -> tuple[int, dict]:

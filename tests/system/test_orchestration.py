@@ -201,6 +201,18 @@ def test_recover_stale_requeues_dead_running_stage(session: Session, dataset: Pa
     assert [s.id for s in orch.recover_stale(session, stale_after_s=120)] == [train.id]
 
 
+def test_recovery_leaves_an_extract_stage_alone_while_its_fan_out_sets_up(session: Session, dataset: Path,
+                                                                           recorder) -> None:
+    """Claimed, items not inserted yet (another worker's sweep runs in between): not "0/0 → failed"."""
+    p = _submit(session, dataset)
+    extract = _by_kind(session, p.id)["extract"]
+    assert claim_stage(session, extract.id, extract.celery_task_id, "cpu@a", 3) is not None
+    assert orch.recover_stale(session, own_host="cpu@b", stale_after_s=120) == []
+    session.expire_all()
+    st = session.get(Stage, extract.id)
+    assert st.status == StageStatus.RUNNING and st.error_summary is None
+
+
 def test_claim_gives_up_after_max_attempts(session: Session, dataset: Path, recorder) -> None:
     p = _submit(session, dataset)
     extract = _by_kind(session, p.id)["extract"]
