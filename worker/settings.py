@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         description="comma-separated proxy addresses/CIDRs whose X-Forwarded-For names the client (login throttle)",
     )
     db_outage_s: float = Field(
-        120.0, ge=1.0, le=86400.0,
+        90.0, ge=1.0, le=86400.0,
         description="how long a stage retries transient database errors before handing itself back to the queue",
     )
     recovery_interval_s: float = Field(

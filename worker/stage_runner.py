@@ -43,7 +43,7 @@ REDELIVERY_STALE_S = 3 * HEARTBEAT_S  # a redelivered message may take over afte
 CANCEL_POLL_S = 1.0  # cancel_requested reads the DB at most this often
 PROGRESS_MIN_S = 1.0  # progress writes at most this often
 EPOCH_RETRY_S = 10.0  # an epoch row is retried this long inside the callback, then kept for later
-DEFAULT_OUTAGE_S = 120.0  # settings.db_outage_s: an outage longer than this hands the stage back
+DEFAULT_OUTAGE_S = 90.0  # settings.db_outage_s: an outage longer than this hands the stage back
 HAND_BACK_FACTOR = 6  # the hand-back itself retries for this many outage_s
 
 
