@@ -23,8 +23,8 @@ def estimate_json(config: PipelineConfig, dataset_root: str) -> dict[str, Any]:
     ds = load_dataset(dataset_root, seed=config.split_seed)
     size = DatasetSize.of_rows(ds.rows, ds.test)
     stages = estimate(config, size)
-    slim = estimate(config, size, checkpoints="slim")
-    return {"bytes": sum(stages.values()), "stages": stages, "bytes_slim_checkpoints": sum(slim.values()),
+    keep_all = estimate(config, size, checkpoints="today")
+    return {"bytes": sum(stages.values()), "stages": stages, "bytes_keeping_all_checkpoints": sum(keep_all.values()),
             "dataset": {"videos": size.videos, "video_seconds": size.video_seconds, "rows": size.rows,
                         "event_seconds": size.event_seconds}}
 

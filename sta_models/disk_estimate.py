@@ -2,9 +2,10 @@
 
 Per stage, from the formats the stages write (bytes per stored second, per file and per
 preview; the per-file and preview figures measured with the real writers by
-``bench/bench_disk.py``, see bench/RESULTS.md). ``checkpoints="today"``: every training stage
-keeps ``best.pt`` (weights) and ``last.pt`` (weights + SGD momentum), 3× the weights;
-``"slim"``: only the weights of ``best.pt``. ``formats="before"`` gives the figure of the
+``bench/bench_disk.py``, see bench/RESULTS.md). ``checkpoints="config"`` (the default) follows
+each training section's ``keep_checkpoints``: ``needed`` keeps only ``best.pt`` (the weights),
+``all`` also ``last.pt`` (weights + SGD momentum), 3× the weights. ``"today"`` is every stage
+keeping both (as before issue 16), ``"slim"`` every stage only the weights. ``formats="before"`` gives the figure of the
 formats before issue 16 (CAMs at the canvas size, crops as copies of the frames and audio), for
 comparison. Torch-free: the dashboard and ``stapipe submit`` call it.
 """
@@ -75,13 +76,15 @@ def _rows_secs(ds: DatasetSize, branch: str) -> tuple[int, int]:
     return (ds.st_rows, ds.st_event_seconds) if branch == "st" else (ds.rows, ds.event_seconds)
 
 
-def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["today", "slim"] = "today",
+def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["config", "today", "slim"] = "config",
              formats: Literal["after", "before"] = "after") -> dict[str, int]:
     """Bytes per stage kind (the keys of ``worker.stages``) the pipeline will keep."""
     size = cfg.extract.size
     frame = size * size * 3
     pixels = size * size
-    copies = 3 if checkpoints == "today" else 1
+
+    def copies(keep: str) -> int:  # checkpoint files' size in weights: best.pt 1, last.pt 2 (momentum)
+        return 3 if checkpoints == "today" or (checkpoints == "config" and keep == "all") else 1
 
     def previews(rows: int) -> int:  # preview PNGs of a stage (per branch for CAMs)
         return PREVIEWS_PER_ROW * (rows if formats == "before" else min(rows, PREVIEW_ROWS))
@@ -92,7 +95,7 @@ def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["toda
         cams = 0
         for b in BRANCHES:
             t = section[b]
-            out[f"train_{b}_{phase}"] = 4 * WEIGHTS[(t.backbone, b)] * copies
+            out[f"train_{b}_{phase}"] = 4 * WEIGHTS[(t.backbone, b)] * copies(t.keep_checkpoints)
             n_rows, secs = _rows_secs(ds, b)
             per_second = 2 * size * size if formats == "before" else 2 * _grid(t.input_size, b) ** 2 + 4
             cams += n_rows * CAM_FILE_FIXED + int(previews(n_rows) * CAM_PREVIEW_PER_PIXEL * pixels) \
@@ -105,6 +108,6 @@ def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["toda
         out["crops"] = ds.rows * CROP_FILE_FIXED + row_seconds * (frame + AUDIO_BYTES + 23)
     out["pseudo_gt"] = (ds.event_seconds * 2 * pixels + ds.rows * PGT_FILE_FIXED
                         + int(previews(ds.rows) * PGT_PREVIEW_PER_PIXEL * pixels))
-    out["train_sta"] = 4 * WEIGHTS[(cfg.sta.backbone, "sta")] * copies
+    out["train_sta"] = 4 * WEIGHTS[(cfg.sta.backbone, "sta")] * copies(cfg.sta.keep_checkpoints)
     out["evaluate"] = int(ds.test_video_seconds * PREDICTION_PNG_PER_PIXEL * size * size)
     return out
