@@ -65,10 +65,13 @@ def config_diff(configs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
 
 
 def best_index(values: list[float | None], metric: str) -> int | None:
+    """The pipeline with the best value, or None when fewer than two have one or the best is tied
+    (identical results: none is better, so none is marked)."""
     nums = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     if len(nums) < 2:
         return None
-    return (min(nums) if metric in LOWER_IS_BETTER else max(nums))[1]
+    value, index = min(nums) if metric in LOWER_IS_BETTER else max(nums)
+    return None if sum(v == value for v, _ in nums) > 1 else index
 
 
 def _curves(session: Session, pipelines: list[Pipeline]) -> dict[str, dict[str, list[dict[str, Any]]]]:

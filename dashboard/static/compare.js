@@ -45,9 +45,11 @@
     const log = logBox.checked;
     if (chart) chart.destroy();
     el.innerHTML = "";
+    const pad = getComputedStyle(el);  // the card's own content width: the chart must fit inside its padding
+    const inner = el.clientWidth - parseFloat(pad.paddingLeft) - parseFloat(pad.paddingRight);
     chart = new uPlot({
       title: `${kind}: ${key.replace("extra.", "val ")}` + (log ? " (log scale)" : ""),
-      width: Math.max(320, el.parentElement.clientWidth - 20), height: 320,
+      width: Math.max(320, inner), height: 320,
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500],
                values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? String(v) : "")) },

@@ -151,6 +151,14 @@ def test_reused_stage_shows_the_source_stage(browser_client: FlaskClient, api: F
     assert "skipped" not in html
 
 
+def test_a_tied_best_is_not_marked() -> None:
+    from dashboard.compare import best_index
+
+    assert best_index([0.5, 0.5], "cc") is None and best_index([1.2, 1.2, 1.5], "kld") is None
+    assert best_index([0.5, 0.7, 0.7], "cc") is None and best_index([0.5, 0.7, None], "cc") == 1
+    assert best_index([1.2, 1.1], "kld") == 1 and best_index([0.5, None], "cc") is None
+
+
 def test_headline_reads_the_stage_summary() -> None:
     """The list's path: the evaluate stage's stored summary, no file read (files: test_evaluation_result)."""
     from dashboard.results import headline
