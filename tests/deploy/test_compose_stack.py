@@ -45,9 +45,16 @@ ARTIFACTS = ROOT / "test-artifacts" / "compose-stack"
 SERVICES = ("redis", "postgres", "dashboard", "worker-gpu", "worker-cpu")
 TRAININGS = tuple(f"train_{b}_{p}" for p in ("coarse", "fine") for b in ("s", "sa", "st")) + ("train_sta",)
 FINAL = ("succeeded", "failed", "cancelled")
-# The tiny preset with fewer epochs: 15 instead of 42; every training has an epoch 2 to be killed or
-# stopped in (after epoch 1 is checkpointed).
-EPOCHS = {**{f"{p}.{b}.epochs": 2 for p in ("coarse", "fine") for b in ("s", "sa", "st")}, "sta.epochs": 3}
+# The tiny preset with fewer epochs: 19 instead of 42; every training has an epoch 2 to be killed in
+# (after epoch 1 is checkpointed); the fine ones have epochs after that, so that a stop seen in
+# epoch 2 or 3 cannot arrive after the stage's last batch (a tiny epoch is a few batches, ~1.5 s).
+EPOCHS = {**{f"coarse.{b}.epochs": 2 for b in ("s", "sa", "st")},
+          **{f"fine.{b}.epochs": 4 for b in ("s", "sa", "st")}, "sta.epochs": 3}
+
+
+def epochs_of(kind: str) -> int:
+    """The epochs a training stage of the test's pipeline runs (EPOCHS above)."""
+    return EPOCHS["sta.epochs"] if kind == "train_sta" else EPOCHS[f"{kind.split('_')[2]}.{kind.split('_')[1]}.epochs"]
 
 
 def _free_port() -> int:
@@ -117,12 +124,15 @@ class Stack:
     def stage_log(self, stage_id: int) -> str:
         return str(self.api("GET", f"/stages/{stage_id}/log", params={"lines": 5000})["text"])
 
-    def mid_epoch(self, pid: int, exclude: set[str]) -> dict[str, Any] | None:
-        """A running training stage inside epoch 2 or later, with batches of that epoch still to do."""
+    def mid_epoch(self, pid: int, exclude: set[str], *, before_last: bool = False) -> dict[str, Any] | None:
+        """A running training stage inside epoch 2 or later, with batches of that epoch still to do
+        (``before_last``: and at least one more epoch after it)."""
         for kind, s in self.stages(pid).items():
             p, what = s["progress"], s["progress"]["what"] or ""
-            if (kind in TRAININGS and kind not in exclude and s["status"] == "running" and what.startswith("epoch ")
-                    and int(what.split()[1]) >= 2 and 0 < p["done"] < p["total"]):
+            if not (kind in TRAININGS and kind not in exclude and s["status"] == "running" and what.startswith("epoch ")):
+                continue
+            epoch = int(what.split()[1])
+            if epoch >= 2 and 0 < p["done"] < p["total"] and (not before_last or epoch < epochs_of(kind)):
                 return s
         return None
 
@@ -237,7 +247,8 @@ def _scenario(stack: Stack) -> None:
     stack.compose("restart", "redis", timeout=120)
 
     # -- docker compose stop worker-gpu mid-epoch: returns fast, the stage goes back to the queue --
-    stopped = _wait(lambda: stack.mid_epoch(pid, {killed["kind"]}), 900, "another training in mid-epoch (for stop)")
+    stopped = _wait(lambda: stack.mid_epoch(pid, {killed["kind"]}, before_last=True), 900,
+                    "another training in mid-epoch, not its last (for stop)")
     t0 = time.monotonic()
     stack.compose("stop", "worker-gpu", timeout=300)
     stop_s = time.monotonic() - t0
