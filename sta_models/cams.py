@@ -108,7 +108,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
                  "category_id": int(row.category_id), "canvas": canvas, "checkpoint": str(checkpoint)}
         write_cam_file(out_dir / f"{row.key}.h5", pending, attrs)
         summary.rows_written += 1
-        if summary.rows_written > preview_rows:
+        if summary.rows_written > preview_rows or previews_per_row <= 0:
             return
         n = len(pending["seconds"])
         picks = sorted(set(np.linspace(0, n - 1, min(previews_per_row, n)).round().astype(int).tolist()))
