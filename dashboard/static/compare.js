@@ -45,8 +45,13 @@
     const log = logBox.checked;
     if (chart) chart.destroy();
     el.innerHTML = "";
-    const pad = getComputedStyle(el);  // the card's own content width: the chart must fit inside its padding
-    const inner = el.clientWidth - parseFloat(pad.paddingLeft) - parseFloat(pad.paddingRight);
+    // the card spans its section; the chart must fit inside the card's padding and border
+    const sides = (node, keys) => {
+      const box = getComputedStyle(node);
+      return keys.reduce((sum, k) => sum + (parseFloat(box[k]) || 0), 0);
+    };
+    const inner = el.parentElement.clientWidth - sides(el.parentElement, ["paddingLeft", "paddingRight"])
+      - sides(el, ["paddingLeft", "paddingRight", "borderLeftWidth", "borderRightWidth"]);
     chart = new uPlot({
       title: `${kind}: ${key.replace("extra.", "val ")}` + (log ? " (log scale)" : ""),
       width: Math.max(320, inner), height: 320,

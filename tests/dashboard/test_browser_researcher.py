@@ -174,6 +174,7 @@ def test_workers_reuse_charts_compare_clone(stack: str, artifacts_dir: Path, syn
         assert page.get_attribute("#compare-chart", "data-series") == "2"
         card, plot = page.locator("#compare-chart").bounding_box(), page.locator("#compare-chart .uplot").bounding_box()
         assert card and plot and plot["x"] + plot["width"] <= card["x"] + card["width"] + 1  # inside its card
+        assert plot["width"] > 0.8 * card["width"]  # and using it
         page.screenshot(path=str(shots / "07-compare.png"), full_page=True)
 
         # the same configuration again: all 13 stages reused, and the Results page shows the table
