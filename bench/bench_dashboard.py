@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from db.models import EpochMetric, Pipeline, Stage  # noqa: E402
-from worker.stages import STAGES  # noqa: E402
+from worker.stages import GRAPH  # noqa: E402
+
+STAGES = GRAPH.required
 
 N_PIPELINES, N_EPOCHS = 200, 30
 TOKEN = "bench-token"
@@ -55,7 +57,7 @@ def fill(url: str, data_root: Path) -> tuple[list[int], list[int]]:
         for pid in pipeline_ids:
             for pos, spec in enumerate(STAGES):
                 stages.append({"pipeline_id": pid, "kind": spec.kind, "position": pos, "status": "succeeded",
-                               "queue": spec.queue, "depends_on": list(spec.depends_on), "attempts": 1,
+                               "queue": str(spec.queue), "depends_on": list(spec.depends_on), "attempts": 1,
                                "worker_host": "gpu0@bench", "started_at": now, "finished_at": now, "updated_at": now,
                                "progress_done": 400 if spec.kind == "extract" else 0,
                                "progress_total": 402 if spec.kind == "extract" else 0,

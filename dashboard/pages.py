@@ -14,6 +14,7 @@ from db.models import Pipeline
 from sta_models.config import PRESETS, PipelineConfig
 from sta_models.evaluation_result import METRIC_LABELS
 from worker.disk import pipeline_usage
+from worker.stages import GRAPH
 
 from . import disk, jobs, queries
 from .api import data_stage, log_file, pipeline_or_404, settings, stage_or_404
@@ -140,6 +141,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
         dataset=display_dataset_root(p.dataset_root, settings().data_dir), rerunnable=RERUNNABLE,
         has_evaluate=any(s.kind == "evaluate" for s in stages), can_benchmark=can_benchmark(stages),
         config_json=json.dumps(p.config, indent=2), unserved=unserved_queues(stages),
+        fan_out_units={s.kind: s.fan_out.unit for s in GRAPH if s.fan_out is not None},
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.models import DONE_STATES, Artefact, EpochMetric, ExtractionItem, Pipeline, Stage, StageStatus
+from worker.stages import GRAPH
 
 METRIC_PAGE_MAX = 5000
 
@@ -41,7 +42,7 @@ class PipelinePage:
 
 
 def progress_for(session: Session, pipeline_ids: list[int]) -> dict[int, Progress]:
-    """Stage counts and extraction progress for several pipelines at once."""
+    """Stage counts and fan-out (extraction) progress for several pipelines at once."""
     out = {pid: Progress() for pid in pipeline_ids}
     if not pipeline_ids:
         return out
@@ -63,7 +64,7 @@ def progress_for(session: Session, pipeline_ids: list[int]) -> dict[int, Progres
         p.stages_failed, p.stages_reused = int(n_failed or 0), int(n_reused or 0)
     extract = session.execute(
         select(Stage.pipeline_id, Stage.progress_done, Stage.progress_failed, Stage.progress_total).where(
-            Stage.pipeline_id.in_(pipeline_ids), Stage.kind == "extract"
+            Stage.pipeline_id.in_(pipeline_ids), Stage.kind.in_(GRAPH.fan_out_kinds)
         )
     )
     for pid, n_done, n_failed, n_total in extract:

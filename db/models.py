@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -31,6 +31,23 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 def utcnow() -> datetime:
     """Timezone-aware UTC now (stored as UTC everywhere; SQLite drops the tz, PostgreSQL keeps it)."""
     return datetime.now(UTC)
+
+
+@overload
+def aware(dt: datetime) -> datetime:
+    ...
+
+
+@overload
+def aware(dt: None) -> None:
+    ...
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes (stored as UTC); make them comparable with :func:`utcnow`."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
 
 
 class PipelineStatus(enum.StrEnum):

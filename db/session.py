@@ -100,9 +100,4 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def is_postgres(session_or_engine: Session | Engine) -> bool:
-    bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
-    return bind.dialect.name == "postgresql"
-
-
 __all__ = ["make_engine", "get_engine", "dispose_engines", "session_factory", "session_scope", "normalise_url"]

@@ -17,7 +17,6 @@ Choices where the SPEC is silent:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import numpy as np
 from scipy import signal
 
 from sta_models.ffmpeg_tools import ffmpeg_exe, ffprobe_exe
+from sta_models.filehash import sha256_file
 
 SAMPLE_RATE = 16000
 NPERSEG = 160
@@ -73,14 +73,6 @@ class _Probe:
     fps: float
     frame_times: np.ndarray  # sorted, seconds from the clip's start (ffmpeg's time axis)
     has_audio: bool
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _one_line(text: str, video: Path | None = None, limit: int = 200) -> str:
@@ -302,7 +294,7 @@ def extract_video(video: str | Path, out: str | Path, *, size: int = 356, video_
     if video.stat().st_size == 0:
         raise ExtractionError(f"{video}: empty file (0 bytes)")
     video_id = video_id or video.stem
-    sha = file_sha256(video)
+    sha = sha256_file(video)
     if out.exists() and (done := _up_to_date(out, sha, size)) is not None:
         return done
     info = probe(video)

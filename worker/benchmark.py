@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.stage_runner import StageContext
+from worker.stage_context import StageContext
 
 
 def benchmark_stage(ctx: StageContext) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def benchmark_stage(ctx: StageContext) -> dict[str, Any]:
     if not (root / "video_frames").is_dir():
         raise RuntimeError(f"no STAViS test sets at {root} (video_frames/, annotations/, fold_lists/); "
                            "set STAPIPE_STAVIS_ROOT")
-    checkpoint = ctx.dirs["train_sta"] / "best.pt"
+    checkpoint = ctx.inputs["train_sta"] / "best.pt"
     # per-frame PNGs (hundreds of thousands on the real sets) stay beside the stage's folder, not
     # in it: the stage's artefact records stay the table, the metrics and the log
     table = run_benchmark(checkpoint, root, ctx.output_dir, device=ctx.config.sta.device, cfg=ctx.config.evaluate,

@@ -12,10 +12,11 @@ from typing import Any
 from celery import Celery
 
 from worker.settings import Settings, get_settings
+from worker.stage_graph import Queue
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("cpu", "gpu")
+QUEUES: tuple[str, ...] = tuple(str(q) for q in Queue)
 TASK_STAGE = "stapipe.run_stage"
 TASK_ITEM = "stapipe.extract_item"
 
@@ -68,7 +69,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         # status, metrics and outputs live in SQL; no result backend to fill up
         task_ignore_result=True,
         result_backend=None,
-        task_default_queue="cpu",
+        task_default_queue=str(Queue.CPU),
         task_create_missing_queues=True,
         # ack after the task ran: a worker SIGKILLed mid-stage leaves the message unacked, so it
         # is delivered again (Redis) — the DB claim token drops duplicates, attempts cap loops
@@ -142,6 +143,7 @@ def message_exists(settings: Settings | None = None):  # type: ignore[no-untyped
         return fs_exists
 
     import redis
+    from kombu.transport.redis import PRIORITY_STEPS
 
     client = redis.Redis.from_url(settings.broker)
 
@@ -152,9 +154,11 @@ def message_exists(settings: Settings | None = None):  # type: ignore[no-untyped
             return True
 
     def _redis_exists(queue: str, token: str) -> bool:
-        keys = [k for k in client.keys(f"{queue}*") if not k.endswith(b".pidbox")]
+        # kombu's Redis transport keeps a queue as one list per priority step ("<queue>", then
+        # "<queue>\x06\x16<step>" for steps 3, 6, 9) and delivered-unacked messages in the
+        # "unacked" hash: read exactly those keys, never a scan of the keyspace (KEYS blocks Redis)
         needle = token.encode()
-        for key in keys:
+        for key in (queue, *(f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS[1:])):
             if client.type(key) == b"list" and any(needle in m for m in client.lrange(key, 0, -1)):
                 return True
         return any(needle in v for v in client.hvals("unacked"))

@@ -15,16 +15,11 @@ class DeviceUnavailable(RuntimeError):
 
 
 def stage_devices(kind: str, config: Any) -> list[str]:
-    """The device settings a stage of ``kind`` uses (``[]``: CPU-only stage)."""
-    if kind.startswith("train_") and kind != "train_sta":
-        _, branch, phase = kind.split("_")
-        return [(config.coarse if phase == "coarse" else config.fine)[branch].device]
-    if kind.startswith("cams_"):
-        phase = kind.split("_")[1]
-        return [c.device for c in (config.coarse if phase == "coarse" else config.fine).values()]
-    if kind in ("train_sta", "evaluate"):
-        return [config.sta.device]
-    return []
+    """The device settings a stage of ``kind`` uses (``[]``: CPU-only stage), as its declaration says."""
+    from worker.stages import GRAPH
+
+    spec = GRAPH.get(kind)
+    return list(spec.devices(config)) if spec is not None else []
 
 
 def check_device(name: str, where: str) -> None:

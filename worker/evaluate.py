@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from worker.stage_runner import StageContext
+from worker.stage_context import StageContext
 
 
 def _inputs(folder: Path, feature_dir: Path, video_ids: list[str]) -> Path:
@@ -28,11 +28,11 @@ def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
     from sta_models.predict import predict_videos
 
     cfg = ctx.config.evaluate
-    feature_dir = ctx.dirs["extract"]
+    feature_dir = ctx.inputs["extract"]
     test_ids = sorted({r.video_id for r in dataset.test if (feature_dir / f"{r.video_id}.h5").is_file()})
     if not test_ids:
         raise RuntimeError("no test video has a feature file; nothing to evaluate")
-    checkpoint = ctx.dirs["train_sta"] / "best.pt"
+    checkpoint = ctx.inputs["train_sta"] / "best.pt"
     pred_dir = ctx.output_dir / "predictions"
     tmp = Path(tempfile.mkdtemp(prefix="stapipe-eval-"))
     try:
@@ -54,8 +54,8 @@ def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
         ctx.callbacks.log(f"no ground truth at {gt_dir}: predictions only")
         summary["metrics"] = None
         return summary
-    inputs = AblationInputs(cams_coarse=ctx.dirs["cams_coarse"], crops=ctx.dirs["crops"],
-                            cams_fine=ctx.dirs["cams_fine"], pseudo_gt=ctx.dirs["pseudo_gt"], predictions=pred_dir)
+    inputs = AblationInputs(cams_coarse=ctx.inputs["cams_coarse"], crops=ctx.inputs["crops"],
+                            cams_fine=ctx.inputs["cams_fine"], pseudo_gt=ctx.inputs["pseudo_gt"], predictions=pred_dir)
     scored = score_predictions(pred_dir, gt_dir, ctx.output_dir, feature_dir=feature_dir, test_rows=dataset.test,
                                ablation_inputs=inputs, videos=test_ids, cfg=cfg, callbacks=ctx.callbacks)
     sta, centre, ablation = scored.sta, scored.centre, scored.result.ablation

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def timings(interval: float) -> tuple[float, float]:
-    from worker.stage_runner import HEARTBEAT_S
+    from worker.stage_context import HEARTBEAT_S
 
     return max(4 * interval, 3 * HEARTBEAT_S), max(2 * interval, 2.0)
 

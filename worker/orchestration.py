@@ -1,17 +1,16 @@
-"""Pipeline state machine over the database: submit, advance, cancel, re-run, recover.
+"""Pipeline actions over the database: submit, cancel, re-run, the optional stages, recovery.
 
-The dashboard and the CLI call exactly these functions. Every transition is a conditional UPDATE
-(``… WHERE status = 'pending'``) so two workers advancing the same pipeline at once never enqueue a
-stage twice; Celery messages are sent only *after* the commit, and a message carries a token
-(``celery_task_id``) that the task must match to claim its stage, so duplicates and stale
-redeliveries are dropped.
+The dashboard and the CLI call exactly these functions. The pipeline's own state (status,
+advancing to the next stages) is :mod:`worker.pipeline_state`'s; messages go out through
+:mod:`worker.dispatch` only *after* the commit, and a message carries a token (``celery_task_id``)
+that the task must match to claim its stage, so duplicates and stale redeliveries are dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,50 +28,23 @@ from db.models import (
     PipelineStatus,
     Stage,
     StageStatus,
+    aware,
     utcnow,
 )
-from worker.stages import OPTIONAL_STAGES, SPECS, STAGES, dataset_fingerprint, downstream_of, input_hashes
+from worker import fanout
+from worker.dispatch import Message, send_all, set_dispatcher
+from worker.pipeline_state import (
+    OrchestrationError,
+    advance,
+    lock_pipeline,
+    refresh_pipeline_status,
+    reopen,
+    stages_of,
+)
+from worker.stage_graph import StageGraph
+from worker.stages import GRAPH, dataset_fingerprint, input_hashes
 
 log = logging.getLogger(__name__)
-
-#: (what, id, queue, token) — ``what`` is "stage" or "item"
-Dispatcher = Callable[[str, int, str, str], None]
-
-
-class OrchestrationError(ValueError):
-    """An action that the current state does not allow (the API turns it into a 409/400)."""
-
-
-def _celery_dispatch(what: str, obj_id: int, queue: str, token: str) -> None:
-    from worker.celery_app import send
-
-    send(what, obj_id, queue, token)
-
-
-_dispatcher: Dispatcher = _celery_dispatch
-
-
-def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher:
-    """Replace how messages are sent (tests record them); ``None`` restores Celery. Returns the old one."""
-    global _dispatcher
-    old = _dispatcher
-    _dispatcher = dispatcher or _celery_dispatch
-    return old
-
-
-def _send_all(messages: Iterable[tuple[str, int, str, str]]) -> None:
-    for msg in messages:
-        try:
-            _dispatcher(*msg)
-        except Exception:  # broker down: the row stays queued and requeue_lost() sends it again
-            log.exception("could not send %s %s to queue %s", msg[0], msg[1], msg[2])
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (stored as UTC); make them comparable with utcnow()."""
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=utcnow().tzinfo)
-    return dt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +98,9 @@ def submit_pipeline(
     artefact_root: str | Path | None = None,
     log_root: str | Path | None = None,
     reuse: bool = True,
+    graph: StageGraph = GRAPH,
 ) -> Pipeline:
-    """Create a pipeline with its 13 stages, mark reusable stages skipped, then advance.
+    """Create a pipeline with the graph's required stages, mark reusable stages skipped, then advance.
 
     ``config`` is a ``PipelineConfig`` or a dict validated as one. A stage is reused when an
     earlier succeeded stage had the same input hash (its config sections + everything upstream)
@@ -141,7 +114,7 @@ def submit_pipeline(
     artefact_root = Path(artefact_root) if artefact_root else settings.artefact_dir
     log_root = Path(log_root) if log_root else settings.log_dir
     root = Path(dataset_root).expanduser().resolve()
-    hashes = input_hashes(cfg, dataset_fingerprint(root))
+    hashes = input_hashes(cfg, dataset_fingerprint(root), graph)
 
     pipeline = Pipeline(name=name, dataset_root=str(root), config=cfg, submitted_by=submitted_by,
                         status=PipelineStatus.PENDING)
@@ -149,9 +122,9 @@ def submit_pipeline(
     session.flush()
     reused_kinds: set[str] = set()
     reused_pipelines: list[int] = []
-    for position, spec in enumerate(STAGES):
+    for position, spec in enumerate(graph.required):
         stage = Stage(
-            pipeline_id=pipeline.id, kind=spec.kind, position=position, queue=spec.queue,
+            pipeline_id=pipeline.id, kind=spec.kind, position=position, queue=str(spec.queue),
             depends_on=list(spec.depends_on), input_hash=hashes[spec.kind], status=StageStatus.PENDING,
             output_dir=str(artefact_root / str(pipeline.id) / spec.kind),
             log_path=str(log_root / str(pipeline.id) / f"{spec.kind}.log"),
@@ -179,92 +152,6 @@ def submit_pipeline(
 
 
 # ---------------------------------------------------------------------------------------------
-# advance / status
-
-
-def _lock_pipeline(session: Session, pipeline_id: int) -> Pipeline:
-    """Row lock on PostgreSQL (serialises concurrent advances); SQLite serialises writers anyway."""
-    pipeline = session.scalars(
-        select(Pipeline).where(Pipeline.id == pipeline_id).with_for_update().execution_options(populate_existing=True)
-    ).one_or_none()
-    if pipeline is None:
-        raise OrchestrationError(f"no pipeline {pipeline_id}")
-    return pipeline
-
-
-def _stages(session: Session, pipeline_id: int) -> list[Stage]:
-    return list(
-        session.scalars(
-            select(Stage).where(Stage.pipeline_id == pipeline_id).order_by(Stage.position)
-            .execution_options(populate_existing=True)
-        )
-    )
-
-
-def refresh_pipeline_status(session: Session, pipeline: Pipeline, stages: list[Stage] | None = None) -> str:
-    """Derive the pipeline's status from its stages (no commit)."""
-    stages = stages if stages is not None else _stages(session, pipeline.id)
-    states = [s.status for s in stages]
-    now = utcnow()
-    if any(s in ACTIVE_STATES for s in states):
-        new = PipelineStatus.RUNNING
-    elif all(s in DONE_STATES for s in states):
-        new = PipelineStatus.SUCCEEDED
-    elif any(s == StageStatus.FAILED for s in states):
-        new = PipelineStatus.FAILED
-    elif any(s == StageStatus.CANCELLED for s in states):
-        new = PipelineStatus.CANCELLED
-    else:
-        new = PipelineStatus.RUNNING if pipeline.started_at else PipelineStatus.PENDING
-    if new == PipelineStatus.RUNNING and pipeline.started_at is None and any(
-        s in (StageStatus.RUNNING, StageStatus.SUCCEEDED) for s in states
-    ):
-        pipeline.started_at = now
-    if new in (PipelineStatus.SUCCEEDED, PipelineStatus.FAILED, PipelineStatus.CANCELLED):
-        if pipeline.status != new or pipeline.finished_at is None:
-            pipeline.finished_at = now
-        failed = [s for s in stages if s.status == StageStatus.FAILED]
-        pipeline.error_summary = f"{failed[0].kind}: {failed[0].error_summary}" if failed else None
-    else:
-        pipeline.finished_at = None
-        pipeline.error_summary = None
-    pipeline.status = new
-    return new
-
-
-def advance(session: Session, pipeline_id: int) -> list[Stage]:
-    """Enqueue every pending stage whose dependencies all succeeded or were skipped. Commits.
-
-    Returns the stages this call enqueued (a concurrent call gets the others, never the same).
-    """
-    pipeline = _lock_pipeline(session, pipeline_id)
-    stages = _stages(session, pipeline_id)
-    by_kind = {s.kind: s for s in stages}
-    enqueued: list[Stage] = []
-    if pipeline.status != PipelineStatus.CANCELLED:
-        for stage in stages:
-            if stage.status != StageStatus.PENDING:
-                continue
-            if not all(by_kind[d].status in DONE_STATES for d in stage.depends_on):
-                continue
-            token = uuid.uuid4().hex
-            res = session.execute(
-                update(Stage)
-                .where(Stage.id == stage.id, Stage.status == StageStatus.PENDING)
-                .values(status=StageStatus.QUEUED, celery_task_id=token, queued_at=utcnow(),
-                        updated_at=utcnow(), cancel_requested=False)
-                .execution_options(synchronize_session=False)
-            )
-            if res.rowcount == 1:
-                session.refresh(stage)
-                enqueued.append(stage)
-    refresh_pipeline_status(session, pipeline, stages)
-    session.commit()
-    _send_all(("stage", s.id, s.queue, s.celery_task_id or "") for s in enqueued)
-    return enqueued
-
-
-# ---------------------------------------------------------------------------------------------
 # cancel
 
 
@@ -275,7 +162,7 @@ def cancel_stage(session: Session, stage_id: int) -> Stage:
     stage = session.get(Stage, stage_id)
     if stage is None:
         raise OrchestrationError(f"no stage {stage_id}")
-    pipeline = _lock_pipeline(session, stage.pipeline_id)
+    pipeline = lock_pipeline(session, stage.pipeline_id)
     session.refresh(stage)
     now = utcnow()
     if stage.status in (StageStatus.PENDING, StageStatus.QUEUED):
@@ -295,9 +182,9 @@ def cancel_stage(session: Session, stage_id: int) -> Stage:
 
 def cancel_pipeline(session: Session, pipeline_id: int) -> Pipeline:
     """Cancel every stage that has not finished (see :func:`cancel_stage`). Commits."""
-    pipeline = _lock_pipeline(session, pipeline_id)
+    pipeline = lock_pipeline(session, pipeline_id)
     now = utcnow()
-    for stage in _stages(session, pipeline_id):
+    for stage in stages_of(session, pipeline_id):
         if stage.status in (StageStatus.PENDING, StageStatus.QUEUED):
             stage.status = StageStatus.CANCELLED
             stage.finished_at = now
@@ -316,28 +203,28 @@ def cancel_pipeline(session: Session, pipeline_id: int) -> Pipeline:
 # re-run
 
 
-def rerun_plan(session: Session, stage_id: int) -> list[Stage]:
+def rerun_plan(session: Session, stage_id: int, graph: StageGraph = GRAPH) -> list[Stage]:
     """The stage and its downstream stages that a re-run would put back to pending (for the
     dashboard's confirmation), in pipeline order. Upstream stages are reused as they are."""
     stage = session.get(Stage, stage_id)
     if stage is None:
         raise OrchestrationError(f"no stage {stage_id}")
-    kinds = set(downstream_of(stage.kind))
-    return [s for s in _stages(session, stage.pipeline_id) if s.kind in kinds]
+    kinds = set(graph.downstream_of(stage.kind))
+    return [s for s in stages_of(session, stage.pipeline_id) if s.kind in kinds]
 
 
-def rerun_stage(session: Session, stage_id: int) -> list[Stage]:
+def rerun_stage(session: Session, stage_id: int, graph: StageGraph = GRAPH) -> list[Stage]:
     """Re-run a failed or cancelled stage: it and its downstream go back to pending (their epochs,
     artefacts and extraction items of the previous attempt are kept until overwritten), then
     advance. Refuses while any of them is queued or running. Commits; returns the reset stages."""
     stage = session.get(Stage, stage_id)
     if stage is None:
         raise OrchestrationError(f"no stage {stage_id}")
-    pipeline = _lock_pipeline(session, stage.pipeline_id)
+    pipeline = lock_pipeline(session, stage.pipeline_id)
     session.refresh(stage)
     if stage.status not in (StageStatus.FAILED, StageStatus.CANCELLED):
         raise OrchestrationError(f"stage {stage.kind} is {stage.status}; only failed or cancelled stages can be re-run")
-    plan = rerun_plan(session, stage_id)
+    plan = rerun_plan(session, stage_id, graph)
     busy = [s.kind for s in plan if s.status in ACTIVE_STATES]
     if busy:
         raise OrchestrationError(f"stages still active: {', '.join(busy)}")
@@ -354,30 +241,34 @@ def rerun_stage(session: Session, stage_id: int) -> list[Stage]:
         s.attempts_base = s.attempts
         s.updated_at = utcnow()
     if pipeline.status in (PipelineStatus.FAILED, PipelineStatus.CANCELLED, PipelineStatus.SUCCEEDED):
-        pipeline.status = PipelineStatus.RUNNING
+        reopen(pipeline)
     session.commit()
     advance(session, pipeline.id)
     return [s for s in plan if s.status != StageStatus.SKIPPED]
 
 
-def request_benchmark(session: Session, pipeline_id: int) -> Stage:
-    """Add the optional ``benchmark`` stage to a pipeline whose STA is trained (or re-queue it when
-    it finished before) and enqueue it on the gpu queue. Refuses while it is active. Commits."""
-    spec = OPTIONAL_STAGES[0]
-    pipeline = _lock_pipeline(session, pipeline_id)
-    stages = _stages(session, pipeline_id)
+def request_optional(session: Session, pipeline_id: int, kind: str, graph: StageGraph = GRAPH) -> Stage:
+    """Add the optional stage ``kind`` to a pipeline whose dependencies of it are done (or re-queue
+    it when it finished before) and enqueue it on its queue. Refuses while it is active. Commits."""
+    spec = graph[kind]
+    if not spec.optional:
+        raise OrchestrationError(f"stage {kind} is part of every pipeline; re-run it instead")
+    pipeline = lock_pipeline(session, pipeline_id)
+    stages = stages_of(session, pipeline_id)
     by_kind = {s.kind: s for s in stages}
-    if any(by_kind.get(d) is None or by_kind[d].status not in DONE_STATES for d in spec.depends_on):
-        raise OrchestrationError(f"pipeline {pipeline_id} has no trained STA yet; benchmark it when train_sta succeeded")
+    waiting = [d for d in spec.depends_on if by_kind.get(d) is None or by_kind[d].status not in DONE_STATES]
+    if waiting:
+        raise OrchestrationError(f"pipeline {pipeline_id} has no finished {', '.join(waiting)} yet; "
+                                 f"run {kind} when it succeeded")
     stage = by_kind.get(spec.kind)
     if stage is not None and stage.status in ACTIVE_STATES:
-        raise OrchestrationError(f"the benchmark of pipeline {pipeline_id} is already {stage.status}")
-    base = Path(by_kind["train_sta"].output_dir or ".").parent
+        raise OrchestrationError(f"the {kind} of pipeline {pipeline_id} is already {stage.status}")
+    anchor = by_kind[spec.depends_on[0]] if spec.depends_on else stages[0]
     if stage is None:
-        stage = Stage(pipeline_id=pipeline_id, kind=spec.kind, position=len(stages), queue=spec.queue,
+        stage = Stage(pipeline_id=pipeline_id, kind=spec.kind, position=len(stages), queue=str(spec.queue),
                       depends_on=list(spec.depends_on), status=StageStatus.PENDING,
-                      output_dir=str(base / spec.kind),
-                      log_path=str(Path(by_kind["train_sta"].log_path or "x").parent / f"{spec.kind}.log"))
+                      output_dir=str(Path(anchor.output_dir or ".").parent / spec.kind),
+                      log_path=str(Path(anchor.log_path or "x").parent / f"{spec.kind}.log"))
         session.add(stage)
     else:
         stage.status = StageStatus.PENDING
@@ -385,11 +276,16 @@ def request_benchmark(session: Session, pipeline_id: int) -> Stage:
         stage.cancel_requested = False
         stage.attempts_base = stage.attempts
         stage.updated_at = utcnow()
-    pipeline.status = PipelineStatus.RUNNING
+    reopen(pipeline)
     session.commit()
     advance(session, pipeline_id)
     session.refresh(stage)
     return stage
+
+
+def request_benchmark(session: Session, pipeline_id: int) -> Stage:
+    """The dashboard's "Benchmark on STAViS sets": :func:`request_optional` for ``benchmark``."""
+    return request_optional(session, pipeline_id, "benchmark")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +299,7 @@ def recover_stale(
     stale_after_s: float = 120.0,
     lost_after_s: float = 60.0,
     message_exists: Callable[[str, str], bool] | None = None,
+    graph: StageGraph = GRAPH,
 ) -> list[Stage]:
     """Re-enqueue work whose worker or message is gone. Commits; returns the stages re-enqueued.
 
@@ -412,22 +309,22 @@ def recover_stale(
       their next claim counts an attempt, and after ``max_attempts`` the claim marks them failed;
     - queued stages/items older than ``lost_after_s`` whose message is not in the broker
       (``message_exists(queue, token)``; e.g. Redis restarted without persistence) → sent again;
-    - running extraction items likewise; an extract stage whose items are all final is finished.
+    - running fan-out items likewise; a fan-out stage whose items are all final is finished.
     """
     now = utcnow()
     stale_before = now - timedelta(seconds=stale_after_s)
     lost_before = now - timedelta(seconds=lost_after_s)
-    messages: list[tuple[str, int, str, str]] = []
+    fan_kinds = graph.fan_out_kinds
+    messages: list[Message] = []
     recovered: list[Stage] = []
     touched_pipelines: set[int] = set()
 
     def is_dead(host: str | None, updated: datetime | None) -> bool:
-        return (own_host is not None and host == own_host) or (_aware(updated) or now) < stale_before
+        return (own_host is not None and host == own_host) or (aware(updated) or now) < stale_before
 
-    # running stages (the extract stage is alive while its items are)
-    for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING)):
-        if stage.kind == "extract":
-            continue
+    # running stages (a fan-out stage is alive while its items are)
+    for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING,
+                                                     Stage.kind.not_in(fan_kinds))):
         if is_dead(stage.worker_host, stage.updated_at):
             token = uuid.uuid4().hex
             res = session.execute(
@@ -441,8 +338,9 @@ def recover_stale(
                 messages.append(("stage", stage.id, stage.queue, token))
                 recovered.append(stage)
                 touched_pipelines.add(stage.pipeline_id)
-    # running extraction items
-    for item in session.scalars(select(ExtractionItem).where(ExtractionItem.status == ItemStatus.RUNNING)):
+    # running fan-out items (an item goes to its stage's queue)
+    items = select(ExtractionItem, Stage.queue).join(Stage, Stage.id == ExtractionItem.stage_id)
+    for item, queue in session.execute(items.where(ExtractionItem.status == ItemStatus.RUNNING)).all():
         if is_dead(item.worker_host, item.updated_at):
             token = uuid.uuid4().hex
             res = session.execute(
@@ -451,27 +349,27 @@ def recover_stale(
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount == 1:
-                messages.append(("item", item.id, "cpu", token))
+                messages.append(("item", item.id, queue, token))
     # queued messages that vanished
     if message_exists is not None:
         for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.QUEUED)):
-            if (_aware(stage.queued_at) or now) < lost_before and stage.celery_task_id and not message_exists(
+            if (aware(stage.queued_at) or now) < lost_before and stage.celery_task_id and not message_exists(
                 stage.queue, stage.celery_task_id
             ):
                 messages.append(("stage", stage.id, stage.queue, stage.celery_task_id))
                 session.execute(update(Stage).where(Stage.id == stage.id).values(queued_at=now)
                                 .execution_options(synchronize_session=False))
                 recovered.append(stage)
-        for item in session.scalars(select(ExtractionItem).where(ExtractionItem.status == ItemStatus.QUEUED)):
-            if (_aware(item.updated_at) or now) < lost_before and item.celery_task_id and not message_exists(
-                "cpu", item.celery_task_id
+        for item, queue in session.execute(items.where(ExtractionItem.status == ItemStatus.QUEUED)).all():
+            if (aware(item.updated_at) or now) < lost_before and item.celery_task_id and not message_exists(
+                queue, item.celery_task_id
             ):
-                messages.append(("item", item.id, "cpu", item.celery_task_id))
+                messages.append(("item", item.id, queue, item.celery_task_id))
                 session.execute(update(ExtractionItem).where(ExtractionItem.id == item.id).values(updated_at=now)
                                 .execution_options(synchronize_session=False))
-    # running extract stages: items never created (fan-out task died) or all items final
-    with_items: list[int] = []
-    for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING, Stage.kind == "extract")):
+    # running fan-out stages: items never created (fan-out task died) or all items final
+    with_items: list[tuple[int, str]] = []
+    for stage in session.scalars(select(Stage).where(Stage.status == StageStatus.RUNNING, Stage.kind.in_(fan_kinds))):
         n_items = session.scalar(select(func.count()).where(ExtractionItem.stage_id == stage.id)) or 0
         if n_items == 0 and is_dead(stage.worker_host, stage.updated_at):
             token = uuid.uuid4().hex
@@ -482,16 +380,20 @@ def recover_stale(
             recovered.append(stage)
         elif n_items:
             touched_pipelines.add(stage.pipeline_id)
-            with_items.append(stage.id)
+            with_items.append((stage.id, stage.kind))
     session.commit()
-    _send_all(messages)
-    from worker.stage_runner import finish_extract_if_done  # avoid an import cycle
-
+    send_all(messages)
     # only stages whose fan-out inserted its items: one without items yet is still being set up
     # ("all items final" would be vacuously true and fail it with 0/0 videos)
-    for stage_id in with_items:
-        finish_extract_if_done(session, stage_id)
-    for pid in touched_pipelines:
+    finished: set[int] = set()
+    for stage_id, kind in with_items:
+        if fanout.finish_if_done(session, stage_id, graph[kind]) is not None:
+            pid = session.scalar(select(Stage.pipeline_id).where(Stage.id == stage_id))
+            if pid is not None:
+                finished.add(pid)
+    for pid in finished:
+        advance(session, pid)
+    for pid in touched_pipelines - finished:
         pipeline = session.get(Pipeline, pid)
         if pipeline is not None:
             refresh_pipeline_status(session, pipeline)
@@ -507,8 +409,9 @@ __all__ = [
     "cancel_stage",
     "rerun_plan",
     "rerun_stage",
+    "request_optional",
+    "request_benchmark",
     "recover_stale",
     "refresh_pipeline_status",
     "set_dispatcher",
-    "SPECS",
 ]

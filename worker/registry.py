@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from db.models import Stage, StageStatus, Worker, utcnow
+from db.models import Stage, StageStatus, Worker, aware, utcnow
 
 HEARTBEAT_S = 10.0  # how often a worker writes its row
 ONLINE_S = 3 * HEARTBEAT_S + 5  # a row younger than this is an online worker
@@ -88,12 +88,6 @@ def unregister(session: Session, name: str) -> None:
     session.commit()
 
 
-def _aware(dt: datetime) -> datetime:
-    from datetime import UTC
-
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
-
-
 def workers(session: Session, *, include_offline: bool = False) -> list[WorkerInfo]:
     """Workers by name, each with the stages it is running now (two queries)."""
     now = utcnow()
@@ -102,7 +96,7 @@ def workers(session: Session, *, include_offline: bool = False) -> list[WorkerIn
                                                        Stage.worker_host.in_([r.name for r in rows]))))
     out = []
     for r in rows:
-        online = now - _aware(r.last_heartbeat) < timedelta(seconds=ONLINE_S)
+        online = now - aware(r.last_heartbeat) < timedelta(seconds=ONLINE_S)
         if online or include_offline:
             out.append(WorkerInfo(r.name, r.host, list(r.queues or []), r.device, r.pid, r.concurrency,
                                   r.started_at, r.last_heartbeat, online,

@@ -22,6 +22,7 @@ from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
 from db.session import make_engine
 from tests.conftest import DispatchRecorder, fresh_pg_database, require_servers
 from worker.settings import Settings
+from worker.stages import GRAPH
 
 TOKEN = "test-token-0123456789"
 
@@ -141,14 +142,12 @@ def session(settings: Settings) -> Iterator[Session]:
     engine.dispose()
 
 
-KINDS = ("extract", "train_s_coarse", "train_sa_coarse", "train_st_coarse", "cams_coarse", "crops",
-         "train_s_fine", "train_sa_fine", "train_st_fine", "cams_fine", "pseudo_gt", "train_sta", "evaluate")
+KINDS = GRAPH.kinds  # every pipeline's stage rows, from the stage registry
 
 
 def make_pipeline(session: Session, settings: Settings, *, name: str = "p", statuses: dict[str, str] | None = None,
                   created: datetime | None = None, epochs: dict[str, int] | None = None) -> Pipeline:
-    """A pipeline with its 13 stages written directly (no orchestration), for read-side tests."""
-    from worker.stages import SPECS
+    """A pipeline with its stages written directly (no orchestration), for read-side tests."""
 
     created = created or datetime.now(UTC)
     p = Pipeline(name=name, dataset_root=str(settings.data_dir / "ave-synth"), config={"preset": "tiny"},
@@ -158,8 +157,8 @@ def make_pipeline(session: Session, settings: Settings, *, name: str = "p", stat
     statuses = statuses or {}
     for i, kind in enumerate(KINDS):
         st = statuses.get(kind, "pending")
-        s = Stage(pipeline_id=p.id, kind=kind, position=i, status=st, queue=SPECS[kind].queue,
-                  depends_on=list(SPECS[kind].depends_on), attempts=1 if st != "pending" else 0,
+        s = Stage(pipeline_id=p.id, kind=kind, position=i, status=st, queue=str(GRAPH[kind].queue),
+                  depends_on=list(GRAPH[kind].depends_on), attempts=1 if st != "pending" else 0,
                   started_at=created if st != "pending" else None,
                   finished_at=created + timedelta(seconds=90) if st in ("succeeded", "failed") else None,
                   log_path=str(settings.log_dir / str(p.id) / f"{kind}.log"),
@@ -207,10 +206,10 @@ def install_evaluation(session: Session, settings: Settings, p: Pipeline, real: 
     its files with the worker's own recorder, as a finished evaluate stage leaves them."""
     import shutil
 
-    from worker.stage_runner import record_folder
+    from worker.artefacts import record_folder
 
     stage = stage_of(p, "evaluate")
     shutil.copytree(real.evaluate_dir, Path(stage.output_dir), dirs_exist_ok=True)
-    record_folder(session, stage.id, "evaluate", Path(stage.output_dir))
+    record_folder(session, stage.id, GRAPH["evaluate"], Path(stage.output_dir))
     session.commit()
     return stage

@@ -4,8 +4,8 @@ the optional benchmark stage on the gpu queue, the stage runs (real STA checkpoi
 with our row, the centre baseline and the published STANet row, and the action re-runs it.
 
 Celery transport is the one part replaced: the orchestration's send is recorded (conftest), and
-the recorded message is executed with ``worker.stage_runner.execute_stage`` and the task body
-``worker.tasks.BODIES["benchmark"]`` — exactly what the Celery task ``run_stage`` calls. The page
+the recorded message is executed with ``worker.tasks.run_stage_message`` — exactly what the
+Celery task ``run_stage`` calls (the ``benchmark`` body from the stage registry). The page
 is rendered by Debian's Chromium, its requests answered by the Flask app.
 """
 
@@ -65,12 +65,11 @@ def _press(client: FlaskClient, pipeline_id: int) -> str:
 
 
 def _run_sent(sent, settings: Settings, stage_id: int) -> str:  # noqa: ANN001
-    from worker.stage_runner import execute_stage
-    from worker.tasks import BODIES
+    from worker.tasks import run_stage_message
 
     what, obj_id, queue, token = sent.messages[-1]
     assert (what, obj_id, queue) == ("stage", stage_id, "gpu")
-    return execute_stage(settings.db_url, stage_id, token, "test-host", 3, BODIES["benchmark"])
+    return run_stage_message(settings.db_url, stage_id, token, "test-host", 3)
 
 
 def _screenshot(client: FlaskClient, url: str, out: Path) -> None:

@@ -18,7 +18,7 @@ from sta_models.training import train_branch
 from tests.models.conftest import make_row, write_features
 from worker.follow import follow
 from worker.settings import Settings
-from worker.tasks import _jsonable
+from worker.stages import _jsonable
 
 from .conftest import make_pipeline, stage_of
 
@@ -40,7 +40,7 @@ def at_chance_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = TrainConfig(backbone="resnet18", input_size=32, epochs=1, batch_size=9, lr=1e-4, workers=0,
                       device="cpu")
     result = train_branch("sa", rows, feat, root / "out", cfg, use_cache=False)
-    summary = _jsonable(result.record)  # what worker.tasks.body_train_branch stores
+    summary = _jsonable(result.record)  # what a branch training's body (worker.stages) stores
     summary.pop("history", None)
     return summary
 

@@ -29,7 +29,7 @@ def test_evaluate_stage_writes_the_result_with_ablation(real_evaluation: RealEva
     out.mkdir()
     lines: list[str] = []
     dirs = {k: real_evaluation.root / k for k in ("cams_coarse", "crops", "cams_fine", "pseudo_gt", "train_sta")}
-    ctx = SimpleNamespace(config=cfg, dirs={"extract": synth_features, **dirs}, dataset_root=real_evaluation.dataset_root,
+    ctx = SimpleNamespace(config=cfg, inputs={"extract": synth_features, **dirs}, dataset_root=real_evaluation.dataset_root,
                           output_dir=out, callbacks=Callbacks(message=lines.append))
     summary = evaluate_stage(ctx, load_dataset(real_evaluation.dataset_root))  # type: ignore[arg-type]
     result = R.load_evaluation(out / "metrics.json")

@@ -22,7 +22,9 @@ from db.transient import DatabaseUnavailable, is_transient, retry
 from sta_models.callbacks import EpochMetrics
 from sta_models.config import preset
 from worker import orchestration as orch
-from worker.stage_runner import StageContext, claim_stage, execute_stage
+from worker.stage_context import StageContext
+from worker.stage_graph import Queue, StageSpec
+from worker.stage_runner import claim_stage, execute_stage
 
 from .conftest import PG_ADMIN_URL
 
@@ -151,7 +153,7 @@ def test_stage_survives_terminated_connections(db: tuple[str, Path], synth_featu
             cb.on_epoch(_metrics(epoch))
 
     with Terminator(url, interval=0.15) as term:
-        outcome = execute_stage(url, stage_id, token, "w@test", 3, body, outage_s=30)
+        outcome = execute_stage(url, stage_id, token, "w@test", 3, StageSpec("extract", Queue.CPU, body=body), outage_s=30)
     assert term.killed >= 5, term.killed  # the faults really hit the stage's connections
     assert outcome == "succeeded"
     assert _epochs(url, stage_id) == [1, 2, 3, 4, 5]
@@ -182,7 +184,8 @@ def test_long_outage_hands_the_stage_back(db: tuple[str, Path], dispatched) -> N
 
     try:
         t0 = time.monotonic()
-        outcome = execute_stage(url, stage_id, token, "w@test", 3, body, outage_s=2.5)
+        outcome = execute_stage(url, stage_id, token, "w@test", 3, StageSpec("extract", Queue.CPU, body=body),
+                                outage_s=2.5)
     finally:
         back.cancel()
         back.join()

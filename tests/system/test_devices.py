@@ -12,6 +12,7 @@ from db.session import session_scope
 from sta_models.config import preset
 from worker import orchestration as orch
 from worker.devices import stage_devices
+from worker.stage_graph import Queue, StageSpec
 from worker.stage_runner import execute_stage
 from worker.tasks import _before
 
@@ -47,7 +48,8 @@ def test_missing_gpu_fails_the_stage_with_one_line(home: Path, sqlite_url: str, 
         st.status, st.celery_task_id = "queued", "tok"
         sid = st.id
     ran: list[int] = []
-    outcome = execute_stage(sqlite_url, sid, "tok", "w1@host", 3, lambda ctx: ran.append(1), before=_before)
+    spec = StageSpec("train_s_coarse", Queue.GPU, body=lambda ctx: ran.append(1))
+    outcome = execute_stage(sqlite_url, sid, "tok", "w1@host", 3, spec, before=_before)
     assert outcome == "failed" and ran == []
     with session_scope(sqlite_url) as s:
         err = s.get(Stage, sid).error_summary

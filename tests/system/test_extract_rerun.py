@@ -16,7 +16,7 @@ from db.migrate import upgrade
 from db.models import ExtractionItem, Stage
 from db.session import session_scope
 from sta_models.config import preset
-from sta_models.extraction import file_sha256
+from sta_models.filehash import sha256_file
 from worker import orchestration as orch
 
 from .conftest import stack_env, wait_until
@@ -81,11 +81,11 @@ def test_failed_extraction_rerun_retries_failed_and_changed(
     for v in broken:
         assert second[v.stem].attempts == 2
     with h5py.File(out_dir / f"{changed.stem}.h5", "r") as f:  # re-extracted from the new bytes
-        assert f.attrs["source_sha256"] == file_sha256(changed)
+        assert f.attrs["source_sha256"] == sha256_file(changed)
     assert second[changed.stem].attempts == 2
     # unchanged videos: not queued again, their feature files untouched
     untouched = [v for v in mtimes if v != changed.stem]
     assert all(second[v].attempts == 1 for v in untouched)
     assert all((out_dir / f"{v}.h5").stat().st_mtime_ns == mtimes[v] for v in untouched)
     log = Path(st.log_path).read_text()
-    assert "extracting 12 videos (3 to do, 3 of them failed before or changed since)" in log
+    assert "fan-out: 12 videos (3 to do, 3 of them failed before or changed since)" in log

@@ -67,7 +67,6 @@ def test_follow_says_when_no_worker_consumes_the_queue(home: Path, synth_root: P
     from worker.orchestration import submit_pipeline
     from worker.registry import register
     from worker.settings import get_settings
-    from worker.stages import SPECS  # noqa: F401  (stages table used by submit)
 
     url = get_settings().db_url
     upgrade(url)
