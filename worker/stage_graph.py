@@ -17,10 +17,9 @@ import enum
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from worker.stage_context import ItemJob, StageContext
+from worker.stage_context import ItemJob, StageContext
 
 
 class Queue(enum.StrEnum):
@@ -34,14 +33,7 @@ class GraphError(ValueError):
     """A stage graph that cannot run (missing dependency, cycle, undeclared input, no body)."""
 
 
-class UndeclaredInput(KeyError):
-    """A body asked for an output it did not declare in its stage's ``inputs``."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; this is a sentence
-        return str(self.args[0])
-
-
-Body = Callable[["StageContext"], Any]
+Body = Callable[[StageContext], Any]
 ConfigKey = tuple[str, ...]
 
 #: artefact kind by file suffix, unless a stage declares its own (``StageSpec.artefacts``)
@@ -95,29 +87,6 @@ class StageSpec:
         if ext == ".png" and "preview" in path.parts:
             return "preview"
         return self.artefacts.get(ext) or DEFAULT_ARTEFACTS.get(ext, "file")
-
-
-class Inputs(Mapping[str, Path]):
-    """The output folders a body may read, by stage kind: only the ones its stage declared."""
-
-    def __init__(self, kind: str, declared: tuple[str, ...], dirs: Mapping[str, Path]) -> None:
-        self._kind = kind
-        self._dirs = {k: dirs[k] for k in declared if k in dirs}
-        self._declared = declared
-
-    def __getitem__(self, name: str) -> Path:
-        if name not in self._declared:
-            raise UndeclaredInput(f"stage {self._kind} reads {name!r}, which is not among its declared inputs "
-                                  f"{list(self._declared)}")
-        if name not in self._dirs:
-            raise UndeclaredInput(f"stage {self._kind}: input {name!r} has no stage in this pipeline")
-        return self._dirs[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dirs)
-
-    def __len__(self) -> int:
-        return len(self._dirs)
 
 
 class StageGraph:
@@ -266,5 +235,5 @@ class StageGraph:
         return [s.kind for s in self if s.kind in out]
 
 
-__all__ = ["Queue", "GraphError", "UndeclaredInput", "FanOut", "StageSpec", "Inputs", "StageGraph",
+__all__ = ["Queue", "GraphError", "FanOut", "StageSpec", "StageGraph",
            "DEFAULT_ARTEFACTS"]

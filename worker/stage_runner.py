@@ -31,8 +31,8 @@ from worker import fanout, handback, pipeline_state
 from worker.artefacts import record_folder
 from worker.dispatch import send_all
 from worker.logs import StageLog, stage_logging
-from worker.stage_context import DEFAULT_OUTAGE_S, HEARTBEAT_S, REDELIVERY_STALE_S, StageContext
-from worker.stage_graph import Inputs, StageSpec
+from worker.stage_context import DEFAULT_OUTAGE_S, HEARTBEAT_S, REDELIVERY_STALE_S, Inputs, StageContext
+from worker.stage_graph import StageSpec
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def test_evaluate_stage_writes_the_result_with_ablation(real_evaluation: RealEva
     # a pipeline whose pseudo-GT stage wrote nothing for the test videos: no ablation, said in the log
     empty = tmp_path / "empty_pgt"
     empty.mkdir()
-    ctx.dirs["pseudo_gt"] = empty
+    ctx.inputs["pseudo_gt"] = empty
     shutil.rmtree(out)
     out.mkdir()
     lines.clear()

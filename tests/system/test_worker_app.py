@@ -35,3 +35,37 @@ def test_faults_parse() -> None:
 
     assert parse("train_sa_coarse:1, extract:vid:2, train_s_coarse:30:slow") == {
         "train_sa_coarse": (1, "raise"), "extract:vid": (2, "raise"), "train_s_coarse": (30, "slow")}
+
+
+def test_message_exists_finds_waiting_and_prioritised_messages_in_redis(home, monkeypatch) -> None:  # noqa: ANN001
+    """Sent through the real Celery producer to a real Redis: found by reading the queue's own lists
+    (every priority step) and the unacked hash, never by a keyspace scan (a fresh queue name per run)."""
+    import uuid
+
+    import redis
+
+    from tests.conftest import REDIS_BASE, require_servers
+    from worker.celery_app import TASK_STAGE, make_app, message_exists
+    from worker.settings import Settings
+
+    require_servers(postgres=False, redis=True)
+    settings = Settings(broker_url=f"{REDIS_BASE}/0")
+    queue = f"test-exists-{uuid.uuid4().hex[:12]}"
+    plain, urgent = uuid.uuid4().hex, uuid.uuid4().hex
+    app = make_app(settings)
+
+    def no_scan(*_: object, **__: object) -> None:
+        raise AssertionError("message_exists scanned the keyspace")
+
+    try:
+        app.send_task(TASK_STAGE, args=[1], queue=queue, task_id=plain, ignore_result=True)
+        app.send_task(TASK_STAGE, args=[2], queue=queue, task_id=urgent, ignore_result=True, priority=9)
+        for name in ("keys", "scan", "scan_iter"):
+            monkeypatch.setattr(redis.Redis, name, no_scan)
+        exists = message_exists(settings)
+        assert exists(queue, plain) and exists(queue, urgent)
+        assert not exists(queue, uuid.uuid4().hex) and not exists(f"{queue}-other", plain)
+    finally:
+        monkeypatch.undo()
+        redis.Redis.from_url(settings.broker).delete(queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9)))
+        app.close()
