@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, render_template, url_for
 
 from db.models import Stage
 from worker.registry import ONLINE_S, WorkerInfo, queues_served, unserved_message, workers
+from worker.stage_graph import Queue
 
 from .database import db_session
 from .formatting import iso
@@ -39,7 +40,7 @@ def unserved_queues(stages: list[Stage]) -> dict[str, str]:
 @bp.get("/workers")
 def workers_page():  # type: ignore[no-untyped-def]
     items = workers(db_session(), include_offline=True)
-    return render_template("workers.html", workers=items, online_s=ONLINE_S,
+    return render_template("workers.html", workers=items, online_s=ONLINE_S, queues=[str(q) for q in Queue],
                            served=sorted({q for w in items if w.online for q in w.queues}))
 
 

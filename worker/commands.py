@@ -117,7 +117,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    bad = set(queues) - {"cpu", "gpu"}
+    from worker.stage_graph import Queue
+
+    bad = set(queues) - set(Queue)
     if bad or not queues:
         print(f"unknown queue(s): {', '.join(sorted(bad)) or '(none)'}; use cpu and/or gpu", file=sys.stderr)
         return 2
@@ -223,7 +225,9 @@ def _local_workers_needed(settings: Any) -> int:
         return 0
     with session_scope(settings.db_url) as session:
         served = queues_served(session)
-    if {"cpu", "gpu"} <= served:
+    from worker.stage_graph import Queue
+
+    if set(Queue) <= served:
         return 0
     print("no worker is online on the embedded default: starting one for this run "
           "(`stapipe up` keeps workers running between runs)", flush=True)
