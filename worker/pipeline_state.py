@@ -123,4 +123,4 @@ def advance_stage_pipeline(session: Session, stage_id: int) -> list[Stage]:
 
 
 __all__ = ["OrchestrationError", "lock_pipeline", "stages_of", "refresh_pipeline_status", "refresh", "reopen",
-           "advance", "advance_stage_pipeline", "ACTIVE_STATES"]
+           "advance", "advance_stage_pipeline"]
