@@ -381,7 +381,13 @@ def settings_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[A
 
 
 def _link(src: Path, dst: Path) -> None:
-    """``dst`` becomes a hard link of ``src`` in one step (``os.replace`` of a fresh link)."""
+    """``dst`` becomes a hard link of ``src`` in one step (``os.replace`` of a fresh link).
+
+    Already one file (a crash between this and the commit point): nothing to do — a rename onto
+    a link of the same inode is a no-op that would leave the temporary name behind.
+    """
+    if dst.exists() and os.path.samefile(src, dst):
+        return
     tmp = dst.with_name(f".{dst.name}.link")
     tmp.unlink(missing_ok=True)
     os.link(src, tmp)
