@@ -182,12 +182,13 @@ def tree_bytes(root: Path) -> int:
     return sum(seen.values())
 
 
-def run_pipeline(home: Path) -> dict:
+def run_pipeline(home: Path, overrides: list[str]) -> dict:
     """Run the ``tiny`` demo pipeline in ``home``; per-stage bytes, total and the peak while running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
     env.update(STAPIPE_HOME=str(home), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "worker.cli", "demo", "--preset", "tiny", "--classes", "3", "--videos-per-class",
-           "4", "--seconds", "6", "--workers", "1", "--concurrency", "2", "--no-dashboard", "--exit"]
+           "4", "--seconds", "6", "--workers", "1", "--concurrency", "2", "--no-dashboard", "--exit",
+           *(a for o in overrides for a in ("--set", o))]
     peak, stop = [0, ""], threading.Event()
 
     def sample() -> None:
@@ -225,16 +226,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pipeline", action="store_true", help="run a real tiny pipeline and measure what it keeps")
     ap.add_argument("--keep", type=Path, default=None, help="with --pipeline: leave the stack's home here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="with --pipeline: passed to stapipe demo (e.g. 'coarse.*.epochs=2': bytes kept do not "
+                         "depend on the epoch count, the run time does)")
     args = ap.parse_args()
     if args.pipeline:
         home = args.keep or Path(tempfile.mkdtemp(prefix="bench_disk_pipeline_"))
         try:
-            out = run_pipeline(home)
+            out = run_pipeline(home, args.overrides)
         finally:
             if args.keep is None:
                 shutil.rmtree(home, ignore_errors=True)
         print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                          "pipeline": out, "estimates": estimates()}, indent=2, default=float))
+                          "overrides": args.overrides, "pipeline": out, "estimates": estimates()}, indent=2, default=float))
         return
     root = Path(tempfile.mkdtemp(prefix="bench_disk_"))
     try:
