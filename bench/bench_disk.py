@@ -10,8 +10,14 @@
 3. The estimate (``sta_models.disk_estimate``) for the ``tiny`` preset on 12 six-second clips and
    the ``paper`` preset on AVE (the 4,143 annotations of tests/data_files), before and after, with
    today's checkpoints and with weights-only ``best.pt``.
+4. ``--pipeline``: a real ``tiny`` pipeline (``stapipe demo --preset tiny --classes 3
+   --videos-per-class 4 --seconds 6``, embedded stack, one worker of 2 tasks) in a fresh home: the
+   bytes each stage recorded (what the pipeline page and API show), ``du`` of its folder (each
+   inode once), the total, and the artefact folder's peak while it ran (sampled every 0.2 s).
+   ``--keep DIR`` leaves that home in DIR (to try ``stapipe gc --dry-run`` or the API on it).
 
-Run: ``.venv/bin/python bench/bench_disk.py [--rounds 3]`` (~1 min on 2 cores).
+Run: ``.venv/bin/python bench/bench_disk.py [--rounds 3]`` (~1 min on 2 cores);
+``.venv/bin/python bench/bench_disk.py --pipeline`` (several minutes on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -21,7 +27,11 @@ import json
 import os
 import platform
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -159,10 +169,77 @@ def estimates() -> dict:
     return out
 
 
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``, each inode once (a hard link is no second copy)."""
+    seen: dict[tuple[int, int], int] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def run_pipeline(home: Path, overrides: list[str]) -> dict:
+    """Run the ``tiny`` demo pipeline in ``home``; per-stage bytes, total and the peak while running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
+    env.update(STAPIPE_HOME=str(home), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "worker.cli", "demo", "--preset", "tiny", "--classes", "3", "--videos-per-class",
+           "4", "--seconds", "6", "--workers", "1", "--concurrency", "2", "--no-dashboard", "--exit",
+           *(a for o in overrides for a in ("--set", o))]
+    peak, stop = [0, ""], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            root = home / "artefacts"
+            n = tree_bytes(root) if root.is_dir() else 0
+            if n > peak[0]:
+                running = [d.name for d in root.glob("*/*") if (d / "last.pt").exists()]
+                peak[:] = [n, ", ".join(sorted(running))]
+
+    t0 = time.perf_counter()
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    stop.set()
+    watcher.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"the tiny pipeline failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+    db = sqlite3.connect(home / "stapipe.db")
+    stages = []
+    for kind, output_dir, n, files in db.execute(
+            "select s.kind, s.output_dir, coalesce(sum(a.size), 0), count(a.id) from stages s "
+            "left join artefacts a on a.stage_id = s.id group by s.id order by s.position"):
+        du = tree_bytes(Path(output_dir)) if output_dir and Path(output_dir).is_dir() else 0
+        stages.append({"kind": kind, "recorded_bytes": n, "files": files, "du_bytes": du})
+    return {"seconds": time.perf_counter() - t0, "stages": stages,
+            "recorded_total": sum(s["recorded_bytes"] for s in stages),
+            "du_total": sum(s["du_bytes"] for s in stages),
+            "checkpoints_recorded": sum(s["recorded_bytes"] for s in stages if s["kind"].startswith("train_")),
+            "peak_while_running": peak[0], "peak_with_last_pt_in": peak[1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pipeline", action="store_true", help="run a real tiny pipeline and measure what it keeps")
+    ap.add_argument("--keep", type=Path, default=None, help="with --pipeline: leave the stack's home here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="with --pipeline: passed to stapipe demo (e.g. 'coarse.*.epochs=2': bytes kept do not "
+                         "depend on the epoch count, the run time does)")
     args = ap.parse_args()
+    if args.pipeline:
+        home = args.keep or Path(tempfile.mkdtemp(prefix="bench_disk_pipeline_"))
+        try:
+            out = run_pipeline(home, args.overrides)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(home, ignore_errors=True)
+        print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                          "overrides": args.overrides, "pipeline": out, "estimates": estimates()}, indent=2, default=float))
+        return
     root = Path(tempfile.mkdtemp(prefix="bench_disk_"))
     try:
         sizes = measure_bytes(root)

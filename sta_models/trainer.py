@@ -47,6 +47,7 @@ import os
 import random
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -285,22 +286,52 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` onto the CPU, with a clear error when it is not one.
-
-    A ``last.pt`` whose weights are the same epoch as ``best.pt`` may hold no ``model`` of its own
-    (``model_from`` names the sibling file, see :func:`keep_after_success`); it is filled in here.
-    """
-    path = Path(path)
+def _read(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """One checkpoint file as written (``mmap``: tensors stay on disk, for a look at the metadata)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot read checkpoint {short_path(path)}: {first}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{short_path(path)} is not a stapipe training checkpoint")
-    if "model" not in ckpt and ckpt.get("model_from"):
-        ckpt["model"] = load_checkpoint(path.with_name(ckpt["model_from"]))["model"]
+    return ckpt
+
+
+def weights_file(path: Path, ckpt: dict[str, Any]) -> Path | None:
+    """The sibling file holding the weights of a checkpoint stored without its own (None: inline).
+
+    A ``weights_id`` is looked for in ``model_from``, its ``.pending`` file (the commit window of
+    :func:`commit_epoch`) and ``prev.weights.pt`` (prev.pt's weights once best.pt moved on), and
+    only a file carrying the same id counts: a best.pt of another epoch is never taken for them.
+    """
+    if "model" in ckpt or not ckpt.get("model_from"):
+        return None
+    name, want = ckpt["model_from"], ckpt.get("weights_id")
+    if want is None:  # written by keep_after_success before weights ids existed
+        return path.with_name(name)
+    for cand in dict.fromkeys((name, name + ".pending", PREV_WEIGHTS)):
+        p = path.with_name(cand)
+        try:
+            if p.exists() and _read(p, mmap=True).get("weights_id") == want:
+                return p
+        except ValueError:
+            continue
+    raise ValueError(f"cannot read checkpoint {short_path(path)}: no file holds its weights "
+                     f"(epoch {ckpt.get('epoch')}, stored once in {name})")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` onto the CPU, with a clear error when it is not one.
+
+    A ``last.pt`` (or ``prev.pt``) whose epoch is the best one holds no ``model`` of its own: the
+    weights are stored once, in best.pt (see :func:`commit_epoch`); they are filled in here.
+    """
+    path = Path(path)
+    ckpt = _read(path)
+    held = weights_file(path, ckpt)
+    if held is not None:
+        ckpt["model"] = _read(held)["model"]
     return ckpt
 
 
@@ -325,6 +356,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- checkpoint files
 LAST, PREV, BEST, PENDING = "last.pt", "prev.pt", "best.pt", "best.pt.pending"
+#: a hard link of the best.pt whose weights prev.pt names, kept once best.pt has moved on
+PREV_WEIGHTS = "prev.weights.pt"
 
 #: settings that change what the next epochs compute; a resume must not silently keep the old ones
 RESUME_FIELDS = ("lr", "decay_epochs", "lr_decay", "weight_decay", "momentum", "batch_size", "seed",
@@ -347,25 +380,60 @@ def settings_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[A
     return out
 
 
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link of ``src`` in one step (``os.replace`` of a fresh link).
+
+    Already one file (a crash between this and the commit point): nothing to do — a rename onto
+    a link of the same inode is a no-op that would leave the temporary name behind.
+    """
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.link(src, tmp)
+    os.replace(tmp, dst)
+
+
 def commit_epoch(out_dir: Path, state: dict[str, Any], best_state: dict[str, Any] | None) -> None:
     """Write one epoch's files in the only order no crash can make inconsistent.
 
-    1. ``best.pt.pending`` (only when the epoch improved); 2. the current ``last.pt`` becomes
-    ``prev.pt`` (the fallback, by hard link) and the new state is ``os.replace``-d in as ``last.pt``
-    — **the commit point**; 3. the pending file becomes ``best.pt``. A crash before 2 leaves the previous epoch
-    everywhere (the pending file is dropped on resume); a crash after 2 is completed on resume by
-    :func:`reconcile` (last.pt says which epoch best.pt must hold).
+    An improving epoch stores its weights once: ``best_state`` (the same ``model`` as ``state``)
+    carries them, and ``last.pt`` names them (``model_from: best.pt`` + a ``weights_id``).
+
+    1. ``prev.pt`` becomes a hard link of the current ``last.pt`` (the fallback), and
+       ``prev.weights.pt`` a hard link of the file holding its weights if they are not inline
+       (best.pt is about to move on; the link keeps that epoch's weights at no cost);
+    2. ``best.pt.pending`` (only when the epoch improved);
+    3. the new state is ``os.replace``-d in as ``last.pt`` — **the commit point**;
+    4. the pending file becomes ``best.pt``.
+    A crash before 3 leaves the previous epoch as last.pt (the pending file is dropped on resume);
+    a crash after 3 is completed on resume by :func:`reconcile` (last.pt names the weights, which
+    :func:`weights_file` finds in the pending file meanwhile). Every step replaces a name by a
+    complete file, so last.pt and prev.pt are loadable at every instant.
     """
-    pending, last, prev = out_dir / PENDING, out_dir / LAST, out_dir / PREV
+    pending, last, prev, prev_weights = out_dir / PENDING, out_dir / LAST, out_dir / PREV, out_dir / PREV_WEIGHTS
+    if best_state is not None:
+        if best_state.get("model") is not state.get("model"):
+            raise ValueError("commit_epoch: best_state must hold the same weights as state")
+        wid = uuid.uuid4().hex
+        best_state = {**best_state, "weights_id": wid}
+        state = {**{k: v for k, v in state.items() if k != "model"}, "model_from": BEST, "weights_id": wid}
+    rotate, held = last.exists(), None
+    if rotate:
+        try:
+            held = weights_file(last, _read(last, mmap=True))
+        except ValueError:  # unreadable since it was written: no fallback to keep; prev.pt stays
+            rotate = False
+    if rotate:  # hard links, so that a last.pt and a prev.pt are there at every instant
+        _link(last, prev)
+        if held is None:
+            prev_weights.unlink(missing_ok=True)
+        elif held != prev_weights:
+            _link(held, prev_weights)
     if best_state is not None:
         atomic_save(best_state, pending)
     tmp_last = out_dir / f".{LAST}.next"
     atomic_save(state, tmp_last)
-    if last.exists():  # a hard link, so that a last.pt is there at every instant
-        link = out_dir / f".{PREV}.link"
-        link.unlink(missing_ok=True)
-        os.link(last, link)
-        os.replace(link, prev)
     os.replace(tmp_last, last)
     if best_state is not None:
         os.replace(pending, out_dir / BEST)
@@ -396,7 +464,7 @@ def reconcile(out_dir: Path, last_best_epoch: int | None) -> None:
             pending.unlink()
     for tmp in out_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-    for name in (f".{LAST}.next", f".{PREV}.link"):
+    for name in (f".{LAST}.next", f".{PREV}.link", f".{PREV_WEIGHTS}.link"):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -430,7 +498,8 @@ def keep_after_success(out_dir: Path, keep: str, best_epoch: int | None, last_ep
     """After the last epoch: ``needed`` keeps only ``best.pt`` (weights; all that CAMs, STA,
     reuse and inference read); ``all`` also keeps ``last.pt`` — without a second copy of the
     weights when best and last are the same epoch (``model_from: best.pt``)."""
-    (out_dir / PREV).unlink(missing_ok=True)
+    for name in (PREV, PREV_WEIGHTS):
+        (out_dir / name).unlink(missing_ok=True)
     last = out_dir / LAST
     if keep != "all":
         last.unlink(missing_ok=True)
@@ -439,9 +508,10 @@ def keep_after_success(out_dir: Path, keep: str, best_epoch: int | None, last_ep
         return
     if last.exists() and best_epoch == last_epoch:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        if "model" in ckpt:
+        if "model" in ckpt:  # a run resumed from files of before weights were stored once
             ckpt.pop("model")
-            atomic_save({**ckpt, "model_from": BEST}, last)
+            wid = torch.load(out_dir / BEST, map_location="cpu", weights_only=False).get("weights_id")
+            atomic_save({**ckpt, "model_from": BEST, **({"weights_id": wid} if wid else {})}, last)
 
 
 def finished_run(out_dir: Path, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
@@ -600,7 +670,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
                 "model": state["model"], "metrics": metrics, "best": best}
 
     if start_epoch == 0:
-        for stale in (best_path, out_dir / PREV, last_path):
+        for stale in (best_path, out_dir / PREV, out_dir / PREV_WEIGHTS, last_path):
             stale.unlink(missing_ok=True)  # a fresh run never inherits (or falls back to) an older run's files
         commit_epoch(out_dir, snapshot(0), None)  # a cancel before epoch 1 still leaves a valid file
 

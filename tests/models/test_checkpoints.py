@@ -264,3 +264,135 @@ def test_a_process_killed_in_the_window_resumes_consistently(tmp_path: Path) -> 
     res = fit(task, TrainConfig(**BASE), tmp_path)
     assert res.best_epoch == 2 == load_checkpoint(tmp_path / "best.pt")["epoch"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+# ----------------------------------------------------------------------------- weights stored once
+
+
+class _Scripted(_Task):
+    """Epoch k scores ``SCORES[k - 1]`` and its weights are copied aside at validation (= what the
+    epoch's checkpoint must hold): improving, improving, not, improving after not."""
+
+    SCORES = (1.0, 2.0, 0.0, 3.0)
+
+    def __init__(self, done: int = 0) -> None:
+        super().__init__()
+        self.n = done
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def validate(self, model, loader, device):
+        self.n += 1
+        self.weights[self.n] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {**super().validate(model, loader, device), "score": self.SCORES[self.n - 1]}
+
+
+SCRIPTED = dict(BASE, epochs=len(_Scripted.SCORES))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _values(history: list[dict]) -> list[tuple]:
+    return [(h["epoch"], h["train_loss"], h["val_loss"]) for h in history]
+
+
+def test_an_improving_epoch_stores_its_weights_once(tmp_path: Path) -> None:
+    """last.pt of a best epoch names best.pt's weights; prev.pt keeps its own epoch's weights
+    (prev.weights.pt) after best.pt moved on — never best.pt's newer ones."""
+    task = _Scripted()
+
+    def stop_after_2(m):
+        if m.epoch == 2:
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        fit(task, TrainConfig(**SCRIPTED), tmp_path, Callbacks(epoch_end=stop_after_2))
+    raw_last = torch.load(tmp_path / "last.pt", weights_only=False)
+    raw_best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert "model" not in raw_last and raw_last["model_from"] == "best.pt"
+    assert raw_last["weights_id"] == raw_best["weights_id"] and raw_best["epoch"] == 2
+    assert "model" not in torch.load(tmp_path / "prev.pt", weights_only=False)  # epoch 1 was the best too
+    assert not os.path.samefile(tmp_path / "prev.weights.pt", tmp_path / "best.pt")  # epoch 1's best.pt, linked
+    assert _same(load_checkpoint(tmp_path / "last.pt")["model"], task.weights[2])
+    prev = load_checkpoint(tmp_path / "prev.pt")
+    assert prev["epoch"] == 1 and _same(prev["model"], task.weights[1])
+    assert not _same(prev["model"], raw_best["model"])
+
+    # without the link prev.pt's weights are gone: a clear error, not best.pt's epoch 2
+    os.link(tmp_path / "prev.weights.pt", tmp_path / "keep")
+    (tmp_path / "prev.weights.pt").unlink()
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*prev.pt: no file holds its weights \(epoch 1"):
+        load_checkpoint(tmp_path / "prev.pt")
+    os.replace(tmp_path / "keep", tmp_path / "prev.weights.pt")
+
+    # last.pt lost: the fallback resumes epoch 1's weights and ends where an uninterrupted run ends
+    ref = _Scripted()
+    want = fit(ref, TrainConfig(**SCRIPTED, keep_checkpoints="all"), tmp_path / "ref")
+    (tmp_path / "last.pt").write_bytes(b"garbage")
+    log: list[str] = []
+    res = fit(_Scripted(done=1), TrainConfig(**SCRIPTED), tmp_path, _cbs(log))
+    assert res.resumed_from == 1 and any("prev.pt (epoch 1)" in line for line in log)
+    assert res.best_epoch == want.best_epoch == 4 and _values(res.history) == _values(want.history)
+    assert _same(load_checkpoint(tmp_path / "best.pt")["model"], ref.weights[4])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ref"]
+
+
+def test_a_crash_at_every_write_step_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
+    """Killed before each link, replace and unlink of a whole run (every commit, the finish): at
+    that instant last.pt and prev.pt load with their own epoch's weights, best.pt is no newer than
+    what last.pt names, and the resumed run ends with the uninterrupted run's weights and history."""
+    real = {name: getattr(os, name) for name in ("replace", "link", "unlink")}
+    steps: list[str] = []
+    crash_at = [-1]
+
+    def patched(name):
+        def op(*args, **kwargs):
+            paths = [str(a) for a in args[:2]]
+            if any(p.startswith(str(tmp_path)) for p in paths) and os.path.lexists(paths[0]):
+                if len(steps) == crash_at[0]:
+                    steps.append(f"{name} {[Path(p).name for p in paths]}")
+                    raise KeyboardInterrupt(f"simulated kill before step {crash_at[0]}")
+                steps.append(f"{name} {[Path(p).name for p in paths]}")
+            return real[name](*args, **kwargs)
+        return op
+
+    for name in real:
+        monkeypatch.setattr(os, name, patched(name))
+    ref = _Scripted()
+    want = fit(ref, TrainConfig(**SCRIPTED), tmp_path / "ref")
+    n = len(steps)
+    assert n > 4 * len(_Scripted.SCORES) and any("prev.weights.pt" in s for s in steps)
+    for k in range(n):
+        d = tmp_path / f"k{k}"
+        steps.clear()
+        crash_at[0] = k
+        with pytest.raises(KeyboardInterrupt):
+            fit(_Scripted(), TrainConfig(**SCRIPTED), d)
+        crash_at[0] = -1
+        where = f"crash before step {k}: {steps[-1]}"
+        done = 0
+        if (d / "last.pt").exists():
+            last = load_checkpoint(d / "last.pt")
+            done = last["epoch"]
+            if done:
+                assert _same(last["model"], ref.weights[done]), where
+            if (d / "prev.pt").exists():
+                prev = load_checkpoint(d / "prev.pt")
+                assert prev["epoch"] in (done - 1, done), where
+                if prev["epoch"]:
+                    assert _same(prev["model"], ref.weights[prev["epoch"]]), where
+            if (d / "best.pt").exists():
+                best = load_checkpoint(d / "best.pt")
+                assert best["epoch"] <= last["best"]["epoch"], where
+                assert _same(best["model"], ref.weights[best["epoch"]]), where
+        else:  # before the first commit, or after the finished best.pt let last.pt go
+            if (d / "best.pt").exists():
+                assert load_checkpoint(d / "best.pt").get("finished"), where
+            else:
+                assert not list(d.glob("[!.]*")), where  # temporaries only: reconcile drops them
+        res = fit(_Scripted(done=done), TrainConfig(**SCRIPTED), d)
+        assert res.best_epoch == want.best_epoch, where
+        assert _values(res.history) == _values(want.history), where
+        assert _same(load_checkpoint(d / "best.pt")["model"], ref.weights[want.best_epoch]), where
+        assert sorted(p.name for p in d.iterdir()) == ["best.pt"], where
