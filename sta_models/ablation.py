@@ -2,7 +2,7 @@
 
 Scored with the STAViS protocol's post-processing and CC, NSS and SIM (the paper's ablation
 metrics) on one frame set, the event seconds of the given rows that have a pseudo-GT, so the rows
-compare like with like: each branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
+compare like with like: each registered branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
 and the fine fusion (SPEC §5's probability-weighted fusion, before smoothing and sparsification),
 the pseudo-GT, STA's predictions and the centre-bias baseline. A method without a map for a frame
 of the set (ST on a short event, SA without audio) counts it as missing.
@@ -23,6 +23,7 @@ import numpy as np
 
 from sta_models import evaluation_result as R
 from sta_models import metrics as M
+from sta_models.branches import BRANCHES
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import read_cam_file
 from sta_models.config import EvaluateConfig
@@ -31,7 +32,6 @@ from sta_models.evaluation import centre_bias_map, list_ground_truth, list_predi
 from sta_models.imageio_utils import read_fixations, read_map
 from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
 
-BRANCHES = ("s", "sa", "st")
 ABLATION_METRICS = ["cc", "nss", "sim"]
 
 
@@ -50,7 +50,7 @@ def methods() -> list[tuple[str, str, str]]:
     """(method, label, group) of every ablation row, in table order."""
     out = []
     for phase in ("coarse", "fine"):
-        out += [(f"cam_{b}_{phase}", f"CAM {b.upper()} ({phase})", f"{phase} CAMs") for b in BRANCHES]
+        out += [(f"cam_{b}_{phase}", f"CAM {spec.label} ({phase})", f"{phase} CAMs") for b, spec in BRANCHES.items()]
         out.append((f"fusion_{phase}", f"fusion ({phase})", f"{phase} CAMs"))
     return [*out, ("pseudo_gt", "pseudo-GT", "pseudo-GT"), ("sta", "STA", "STA"),
             ("centre", "centre bias", "baseline")]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sta_models.branches import BRANCHES
+
 #: bump when a stage's code changes in a way that invalidates earlier outputs (reuse key)
 CODE_VERSION = "1"
 
@@ -20,8 +22,8 @@ class StageSpec:
     config_keys: tuple[tuple[str, ...], ...]  # config sections hashed into the input hash
 
 
-_COARSE = tuple(f"train_{b}_coarse" for b in ("s", "sa", "st"))
-_FINE = tuple(f"train_{b}_fine" for b in ("s", "sa", "st"))
+_COARSE = tuple(f"train_{b}_coarse" for b in BRANCHES)
+_FINE = tuple(f"train_{b}_fine" for b in BRANCHES)
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("extract", "cpu", (), (("extract",),)),

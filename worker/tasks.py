@@ -25,6 +25,7 @@ import worker.presence  # noqa: F401  (each worker keeps its row in the workers 
 from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
 from db.transient import DatabaseUnavailable, retry
+from sta_models.branches import BRANCHES
 from sta_models.jsonio import finite_json
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.devices import check_stage_devices
@@ -182,7 +183,7 @@ def _cams(ctx: StageContext, phase: str) -> None:
     splits = _splits(ctx, feature_dir)
     rows = splits["train"] + splits["val"] + splits["test"]
     summary: dict[str, Any] = {}
-    for branch in ("s", "sa", "st"):
+    for branch in BRANCHES:
         ctx.callbacks.check_cancel()
         cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
         ckpt = ctx.dirs[f"train_{branch}_{phase}"] / "best.pt"
@@ -205,7 +206,7 @@ def body_crops(ctx: StageContext) -> None:
 
     feature_dir = ctx.dirs["extract"]
     splits = _splits(ctx, feature_dir)
-    cam_dirs = {b: ctx.dirs["cams_coarse"] / b for b in ("s", "sa", "st")}
+    cam_dirs = {b: ctx.dirs["cams_coarse"] / b for b in BRANCHES}
     res = coarse_boxes_and_crops(cam_dirs, splits["train"] + splits["val"] + splits["test"], feature_dir,
                                  ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
     ctx.summary = _jsonable(res)
@@ -215,7 +216,7 @@ def body_pseudo_gt(ctx: StageContext) -> None:
     from sta_models.pseudogt import fuse_pseudo_gt
 
     splits = _splits(ctx, ctx.dirs["crops"])
-    cam_dirs = {b: ctx.dirs["cams_fine"] / b for b in ("s", "sa", "st")}
+    cam_dirs = {b: ctx.dirs["cams_fine"] / b for b in BRANCHES}
     res = fuse_pseudo_gt(cam_dirs, ctx.dirs["crops"], splits["train"] + splits["val"] + splits["test"],
                          ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
     ctx.summary = _jsonable(res)
@@ -250,7 +251,7 @@ def body_benchmark(ctx: StageContext) -> None:
 
 BODIES: dict[str, Callable[[StageContext], None]] = {
     "extract": body_extract,
-    **{f"train_{b}_{p}": body_train_branch for b in ("s", "sa", "st") for p in ("coarse", "fine")},
+    **{f"train_{b}_{p}": body_train_branch for b in BRANCHES for p in ("coarse", "fine")},
     "cams_coarse": body_cams_coarse,
     "crops": body_crops,
     "cams_fine": body_cams_fine,
