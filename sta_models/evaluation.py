@@ -193,7 +193,8 @@ def score_metric(
         kwargs.update(n_splits=cfg.n_splits, step=cfg.step)
     if metric.random:
         kwargs["rng"] = rng
-    return getattr(M, metric.function)(*args, **kwargs)
+    fn = getattr(M, metric.function) if isinstance(metric.function, str) else metric.function
+    return float(fn(*args, **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------

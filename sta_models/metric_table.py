@@ -13,7 +13,7 @@ Torch- and numpy-free (the dashboard imports it); the function is named, looked 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ class Metric:
 
     name: str  # the key in metrics.json, CSV columns and the API
     label: str
-    function: str  # attribute of sta_models.metrics
+    function: str | Callable[..., float]  # attribute of sta_models.metrics (or the function)
     needs: Literal["map", "fixations"]
     other_frames: bool = False
     random: bool = False
@@ -42,8 +42,27 @@ class Metric:
     description: str = ""
 
 
-#: name → metric, in table order.
-METRICS: dict[str, Metric] = {m.name: m for m in (
+#: name → metric, in table order; NAMES, LABELS and LOWER_IS_BETTER follow it (:func:`register_metric`).
+METRICS: dict[str, Metric] = {}
+NAMES: tuple[str, ...] = ()
+LABELS: dict[str, str] = {}
+LOWER_IS_BETTER: frozenset[str] = frozenset()
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Append ``metric`` to the table. Modules that import the table's names read them when they
+    are imported, so an entry belongs in this file (a test may add one before anything else imports it)."""
+    global NAMES, LABELS, LOWER_IS_BETTER
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+    NAMES = tuple(METRICS)
+    LABELS = {m.name: m.label for m in METRICS.values()}
+    LOWER_IS_BETTER = frozenset(m.name for m in METRICS.values() if m.lower_is_better)
+    return metric
+
+
+for _metric in (
     Metric("cc", "CC", "cc", "map", description="Pearson correlation with the continuous map"),
     Metric("nss", "NSS", "nss", "fixations", description="mean standardised saliency at the fixations"),
     Metric("sim", "SIM", "sim", "map", description="histogram intersection with the continuous map"),
@@ -54,11 +73,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            description="AUC-Borji: uniformly drawn negatives"),
     Metric("sauc", "s-AUC", "sauc", "fixations", other_frames=True, random=True, splits=True,
            description="shuffled AUC: negatives from the video's other frames' fixations"),
-)}
-
-NAMES: tuple[str, ...] = tuple(METRICS)
-LABELS: dict[str, str] = {m.name: m.label for m in METRICS.values()}
-LOWER_IS_BETTER: frozenset[str] = frozenset(m.name for m in METRICS.values() if m.lower_is_better)
+):
+    register_metric(_metric)
 
 
 def label(name: str) -> str:
@@ -66,10 +82,10 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def direction_note(names: tuple[str, ...] | list[str] = NAMES, *, labels: bool = True) -> str:
+def direction_note(names: tuple[str, ...] | list[str] | None = None, *, labels: bool = True) -> str:
     """"KLD: lower is better; all others: higher is better" for the metrics ``names`` (tables'
     footers); ``labels=False`` names them by key, as a table whose columns are keys."""
-    lower = [label(n) if labels else n for n in names if n in LOWER_IS_BETTER]
+    lower = [label(n) if labels else n for n in (NAMES if names is None else names) if n in LOWER_IS_BETTER]
     if not lower:
         return "all: higher is better"
     return f"{', '.join(lower)}: lower is better; all others: higher is better"
