@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
-from sta_models.evaluation_result import METRICS as HEADLINE_METRICS
+from sta_models.metric_table import LABELS as METRIC_LABELS
+from sta_models.metric_table import LOWER_IS_BETTER
+from sta_models.metric_table import NAMES as HEADLINE_METRICS
 
 from . import queries
 from .api import settings
@@ -22,9 +24,6 @@ from .views import pipeline_json
 
 bp = Blueprint("compare", __name__)
 MAX_PIPELINES = 8
-LOWER_IS_BETTER = {"kld"}
-METRIC_LABELS = {"cc": "CC", "nss": "NSS", "sim": "SIM", "kld": "KLD", "auc_j": "AUC-J", "auc_b": "AUC-B",
-                 "sauc": "s-AUC"}
 
 
 def pipeline_ids_arg() -> list[int]:

@@ -16,14 +16,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sta_models.branches import get_branch
 from sta_models.config import BRANCHES, PRESETS, PipelineConfig, preset
 
 from .paths import inside
 
 # Rows of the form's settings grid: (dotted prefix, label).
 TRAIN_GROUPS: tuple[tuple[str, str], ...] = (
-    *((f"coarse.{b}", f"Coarse {b.upper()}") for b in BRANCHES),
-    *((f"fine.{b}", f"Fine {b.upper()}") for b in BRANCHES),
+    *((f"coarse.{b}", f"Coarse {get_branch(b).label}") for b in BRANCHES),
+    *((f"fine.{b}", f"Fine {get_branch(b).label}") for b in BRANCHES),
     ("sta", "STA"),
 )
 # Columns of the grid: (field, label, input type).

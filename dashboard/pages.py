@@ -12,7 +12,8 @@ from werkzeug.exceptions import Conflict, NotFound
 
 from db.models import Pipeline
 from sta_models.config import PRESETS, PipelineConfig
-from sta_models.evaluation_result import METRIC_LABELS
+from sta_models.metric_table import LABELS as METRIC_LABELS
+from sta_models.metric_table import LOWER_IS_BETTER
 from worker.disk import pipeline_usage
 from worker.stages import GRAPH
 
@@ -220,6 +221,8 @@ def results(pipeline_id: int):  # type: ignore[no-untyped-def]
     p = pipeline_or_404(pipeline_id)
     ev = evaluation(db_session(), p, settings())
     r = ev.result
-    return render_template("results.html", p=p, ev=ev, r=r, labels=METRIC_LABELS,
+    return render_template("results.html", p=p, ev=ev, r=r, labels=METRIC_LABELS, lower=LOWER_IS_BETTER,
+                           lower_labels=", ".join(METRIC_LABELS.get(m, m) for m in r.metrics if m in LOWER_IS_BETTER)
+                           if r else "",
                            dataset=dataset_view(r) if r else None, ablation=ablation_view(r) if r else None,
                            per_video=per_video_rows(r) if r else [], bench=benchmark_view(db_session(), p))

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-BRANCHES = {"s": "S", "sa": "SA", "st": "ST"}
+from sta_models.branches import BRANCHES as BRANCH_SPECS
+
+BRANCHES = {name: spec.label for name, spec in BRANCH_SPECS.items()}  # CAM folder → column label
 STAGE_LABELS = {"pseudo_gt": "pseudo-GT", "crops": "crop", "evaluate": "prediction"}
 _NAME = re.compile(r"^(?P<key>.+?)_s?(?P<sec>\d{2,})$")
 

@@ -2,7 +2,7 @@
 
 Scored with the STAViS protocol's post-processing and CC, NSS and SIM (the paper's ablation
 metrics) on one frame set, the event seconds of the given rows that have a pseudo-GT, so the rows
-compare like with like: each branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
+compare like with like: each registered branch's CAMs (S, SA, ST; coarse on the frame, fine pasted back at the crop box), the coarse
 and the fine fusion (SPEC §5's probability-weighted fusion, before smoothing and sparsification),
 the pseudo-GT, STA's predictions and the centre-bias baseline. A method without a map for a frame
 of the set (ST on a short event, SA without audio) counts it as missing.
@@ -22,17 +22,24 @@ import h5py
 import numpy as np
 
 from sta_models import evaluation_result as R
+from sta_models import metric_table as T
 from sta_models import metrics as M
+from sta_models.branches import BRANCHES
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import read_cam_file
 from sta_models.config import EvaluateConfig
 from sta_models.crop_files import read_boxes
-from sta_models.evaluation import centre_bias_map, list_ground_truth, list_predictions, postprocess_prediction
+from sta_models.evaluation import (
+    centre_bias_map,
+    list_ground_truth,
+    list_predictions,
+    postprocess_prediction,
+    score_metric,
+)
 from sta_models.imageio_utils import read_fixations, read_map
 from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
 
-BRANCHES = ("s", "sa", "st")
-ABLATION_METRICS = ["cc", "nss", "sim"]
+ABLATION_METRICS = ["cc", "nss", "sim"]  # the paper's ablation columns, entries of sta_models.metric_table
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def methods() -> list[tuple[str, str, str]]:
     """(method, label, group) of every ablation row, in table order."""
     out = []
     for phase in ("coarse", "fine"):
-        out += [(f"cam_{b}_{phase}", f"CAM {b.upper()} ({phase})", f"{phase} CAMs") for b in BRANCHES]
+        out += [(f"cam_{b}_{phase}", f"CAM {spec.label} ({phase})", f"{phase} CAMs") for b, spec in BRANCHES.items()]
         out.append((f"fusion_{phase}", f"fusion ({phase})", f"{phase} CAMs"))
     return [*out, ("pseudo_gt", "pseudo-GT", "pseudo-GT"), ("sta", "STA", "STA"),
             ("centre", "centre bias", "baseline")]
@@ -124,7 +131,7 @@ def _score(raw: np.ndarray, gt_map: np.ndarray, fix: np.ndarray, sigma: float) -
     if pred is None:
         return dict.fromkeys(ABLATION_METRICS, math.nan)
     s = M.resize_map(pred, gt_map.shape)
-    return {"cc": M.cc(s, gt_map), "nss": M.nss(s, fix), "sim": M.sim(s, gt_map)}
+    return {m: score_metric(T.METRICS[m], s, gt_map, fix) for m in ABLATION_METRICS}
 
 
 def _mean(vals: list[float]) -> float:

@@ -27,14 +27,15 @@ from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.clips import FrameRates, list_frame_folders, read_fold_list
 from sta_models.config import EvaluateConfig
 from sta_models.jsonio import write_json_atomic
+from sta_models.metric_table import label
 
-TABLE_METRICS = ("auc_j", "sim", "sauc", "cc", "nss")  # the paper's column order
-METRIC_LABELS = {"auc_j": "AUC-J", "sim": "SIM", "sauc": "s-AUC", "cc": "CC", "nss": "NSS"}
+TABLE_METRICS = ("auc_j", "sim", "sauc", "cc", "nss")  # the paper's column order (metric_table names)
+METRIC_LABELS = {m: label(m) for m in TABLE_METRICS}
 SETS = ("AVAD", "DIEM", "SumMe", "ETMD", "Coutrot1", "Coutrot2")
 FOLDERS = {"AVAD": "AVAD", "DIEM": "DIEM", "SumMe": "SumMe", "ETMD": "ETMD_av", "Coutrot1": "Coutrot_db1",
            "Coutrot2": "Coutrot_db2"}
 PUBLISHED_SOURCE = "Wang et al., CVPR 2021, weakly supervised STANet (as quoted in SPEC §7)"
-_P = dict(zip(("auc_j", "sim", "sauc", "cc", "nss"), range(5), strict=True))
+_P = dict(zip(TABLE_METRICS, range(5), strict=True))  # the published values below are in this order
 PUBLISHED_STANET: dict[str, dict[str, float]] = {
     name: {m: vals[i] for m, i in _P.items()}
     for name, vals in {

@@ -5,7 +5,8 @@ the true class, bilinearly resized to ``canvas``×``canvas``, divided by its max
 frame's predicted class, its probability and the true class's probability. The file keeps the map
 at the class-map size and the reader does the resize (``sta_models.cam_files``). A
 frame is *selected* for the branch when its top-1 class is the true class (pseudo-GT fusion uses
-that). ST needs an event of at least 3 s: shorter rows get no ST file and the summary says so.
+that). A branch needs an event of at least its ``min_event_s`` (ST: 3 s, ``sta_models.branches``):
+shorter rows get no file for it and the summary says so.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sta_models.branches import get_branch
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import normalise_native, upsample, write_cam_file
 from sta_models.datasets import FeatureDataset, prepare_batch
@@ -77,6 +79,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
 
     ``input_size`` defaults to the size the checkpoint was trained at.
     """
+    spec = get_branch(branch)
     out_dir = Path(out_dir)
     (out_dir / "previews").mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -87,14 +90,15 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
     if dev.type == "cuda":
         to_channels_last(model)
     size = input_size or int(ckpt["meta"]["input_size"])
-    ds = FeatureDataset(rows, feature_dir, branch, size, train=False, skip_invalid_audio=False)  # type: ignore[arg-type]
+    ds = FeatureDataset(rows, feature_dir, branch, size, train=False, skip_invalid_audio=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == "cuda")
     summary = CamSummary(branch=branch, out_dir=str(out_dir), canvas=canvas, excluded=ds.exclusions())
     present = {i for i, _ in ds.samples}
     for i, row in enumerate(ds.rows):
         if i not in present:
-            reason = ("event shorter than 3 s (no ST CAM)" if branch == "st" and row.end - row.start < 3
+            reason = (f"event shorter than {spec.min_event_s} s (no {spec.label} CAM)"
+                      if row.end - row.start < spec.min_event_s
                       else "no feature file" if not (Path(ds.paths[i]).exists() and Path(ds.sources[i]).exists())
                       else "no usable seconds")
             summary.skipped_rows[row.key] = reason

@@ -6,13 +6,18 @@ from its record. Defaults are the method's (SPEC §2–§7); the presets only sh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from sta_models.branches import BRANCHES as BRANCH_SPECS
+
 Backbone = Literal["resnext101_32x8d", "resnet50", "resnet18"]
-Branch = Literal["s", "sa", "st"]
-BRANCHES: tuple[Branch, ...] = ("s", "sa", "st")
+BRANCHES: tuple[str, ...] = tuple(BRANCH_SPECS)  # the registered branches (sta_models.branches), in order
+if TYPE_CHECKING:
+    Branch = str
+else:  # the registry's names as a Literal, so pydantic names the choices for an unknown key
+    Branch = Literal[BRANCHES]
 PRESETS = ("tiny", "demo", "paper")
 
 
@@ -146,7 +151,7 @@ class PipelineConfig(_Strict):
 
 
 def _paper() -> PipelineConfig:
-    batch = {"s": 64, "sa": 40, "st": 20}
+    batch = {b: spec.paper_batch_size for b, spec in BRANCH_SPECS.items()}
     coarse = {b: TrainConfig(input_size=256, batch_size=batch[b]) for b in BRANCHES}
     fine = {b: TrainConfig(input_size=356, batch_size=batch[b]) for b in BRANCHES}
     sta = TrainConfig(input_size=356, epochs=15, batch_size=8, weight_decay=1e-4)

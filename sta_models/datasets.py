@@ -1,4 +1,7 @@
-"""Datasets over the per-video HDF5 feature files (SPEC §2–§3) for the S, SA and ST branches.
+"""Datasets over the per-video HDF5 feature files (SPEC §2–§3) for the classifier branches.
+
+What a branch's samples hold (one frame or a window, with or without audio) and its minimum event
+length come from its entry in :mod:`sta_models.branches`.
 
 Why it is fast: frames are stored as raw uint8 arrays, so a sample is one HDF5 slice read (no
 JPEG decode), one small resize, and the batch travels to the device as uint8; ImageNet
@@ -19,7 +22,7 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import h5py
 import numpy as np
@@ -27,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from sta_models.branches import get_branch
 from sta_models.crop_files import crop_frames, is_box_file, source_features
 
-Kind = Literal["s", "sa", "st"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-ST_MIN_EVENT = 3  # SPEC §3: events shorter than 3 s are skipped for ST (and STA)
 
 MAX_HANDLES = 64  # open HDF5 files per process; a real dataset has thousands of files
 _HANDLES: OrderedDict[tuple[int, str, int, int, int], h5py.File] = OrderedDict()  # LRU, newest last
@@ -183,22 +185,22 @@ def color_jitter(frames: torch.Tensor, seed: int, strength: Sequence[float] = JI
 class FeatureDataset(Dataset):
     """Samples = event seconds of rows, read from the feature files.
 
-    Items (dicts, default-collatable): ``image`` [3, S, S] uint8 (S, SA) or ``frames`` [3, 3, S, S]
-    uint8 (ST: t−1, t, t+1 clamped to the event), ``audio`` [1, 81, 199] float32 (SA; ST with
-    ``with_audio`` gives ``audios`` [3, 1, 81, 199], each from the same second as its frame),
+    Items (dicts, default-collatable): ``image`` [3, S, S] uint8 (one-frame branches: S, SA) or
+    ``frames`` [W, 3, S, S] uint8 (a window of W frames, ST: t−1, t, t+1 clamped to the event),
+    ``audio`` [1, 81, 199] float32 (branches that read audio: SA; a window branch with
+    ``with_audio`` gives ``audios`` [W, 1, 81, 199], each from the same second as its frame),
     ``label``, ``row`` (index into ``rows``), ``second`` and ``jitter`` [4] (the sample's colour
     jitter factors, identity unless training; applied by :func:`prepare_batch`).
     ``excluded`` counts what was left out and why (goes into the stage record); with
     ``skip_invalid_audio=False`` (CAMs) silent seconds stay in, with their zero spectrogram.
     """
 
-    def __init__(self, rows: Sequence[Any], feature_dir: str | Path, kind: Kind, input_size: int,
+    def __init__(self, rows: Sequence[Any], feature_dir: str | Path, kind: str, input_size: int,
                  *, train: bool = False, with_audio: bool | None = None,
                  skip_invalid_audio: bool = True) -> None:
-        if kind not in ("s", "sa", "st"):
-            raise ValueError(f"unknown branch {kind!r}")
+        self.spec = get_branch(kind)
         self.rows, self.kind, self.input_size, self.train = list(rows), kind, input_size, train
-        self.with_audio = (kind == "sa") if with_audio is None else with_audio
+        self.with_audio = self.spec.needs_audio if with_audio is None else with_audio
         self.paths: list[str] = []
         self.sources: list[str] = []  # where frames and audio are read: the feature file
         self.crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # row index -> (boxes, has_box)
@@ -210,7 +212,7 @@ class FeatureDataset(Dataset):
             self.paths.append(str(path))
             self.sources.append(str(path))
             self.event.append((row.start, row.end - 1))
-            if kind == "st" and row.end - row.start < ST_MIN_EVENT:
+            if row.end - row.start < self.spec.min_event_s:
                 self.excluded["short_event_rows"] += 1
                 continue
             if not path.exists():
@@ -243,12 +245,13 @@ class FeatureDataset(Dataset):
         return {k: int(v) for k, v in sorted(self.excluded.items()) if v}
 
     def seconds_for(self, index: int) -> list[int]:
-        """The seconds a sample reads: [k] or [k−1, k, k+1] clamped to the row's event."""
+        """The seconds a sample reads: [k], or its window [k−1, k, k+1] clamped to the row's event."""
         i, k = self.samples[index]
-        if self.kind != "st":
+        half = self.spec.window // 2
+        if not half:
             return [k]
         lo, hi = self.event[i]
-        return [max(lo, k - 1), k, min(hi, k + 1)]
+        return [min(hi, max(lo, k + d)) for d in range(-half, half + 1)]
 
     def frames_at(self, i: int, seconds: Sequence[int]) -> np.ndarray:
         """Row ``i``'s stored-size frames [n, H, W, 3] uint8 of ``seconds``, cropped where the row has boxes."""
@@ -268,17 +271,12 @@ class FeatureDataset(Dataset):
         jitter = jitter_factors(aug_seed) if self.train and aug_seed is not None else NO_JITTER
         out: dict[str, Any] = {"label": int(self.rows[i].category_id), "row": i, "second": k,
                                "jitter": torch.tensor(jitter, dtype=torch.float32)}
-        if self.kind == "st":
-            out["frames"] = frames
-        else:
-            out["image"] = frames[0]
+        window = self.spec.window > 1
+        out[self.spec.image_key] = frames if window else frames[0]
         if self.with_audio:
             audio = f["audio"][lo : hi + 1][[s - lo for s in seconds]]
             audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(1)
-            if self.kind == "st":
-                out["audios"] = audio
-            else:
-                out["audio"] = audio[0]
+            out[self.spec.audio_key] = audio if window else audio[0]
         return out
 
 

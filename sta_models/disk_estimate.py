@@ -16,19 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sta_models.config import BRANCHES, PipelineConfig
+from sta_models.branches import BRANCHES, TEMPORAL_MIN_EVENT_S
+from sta_models.config import PipelineConfig
 from sta_models.pseudogt import PREVIEW_ROWS
 
 AUDIO_BYTES = 81 * 199 * 4  # one second's log-spectrogram, float32
-# parameters + buffers (float32) of each network, counted on the built models
+# parameters + buffers (float32) of each network, counted on the built models (the branches' counts
+# are their registry entries' ``params``)
 WEIGHTS = {
-    ("resnet18", "s"): 2_802_512, ("resnet18", "sa"): 28_000_178, ("resnet18", "st"): 12_105_162,
-    ("resnet50", "s"): 8_610_668, ("resnet50", "sa"): 74_112_531, ("resnet50", "st"): 37_763_179,
-    ("resnext101_32x8d", "s"): 58_195_359, ("resnext101_32x8d", "sa"): 137_496_646,
-    ("resnext101_32x8d", "st"): 101_147_294,
+    **{(backbone, b): n for b, spec in BRANCHES.items() for backbone, n in spec.params.items()},
     ("resnet18", "sta"): 27_175_206, ("resnet50", "sta"): 60_079_879, ("resnext101_32x8d", "sta"): 123_463_994,
 }
-STRIDE = {"s": 16, "sa": 32, "st": 32}  # class-map grid = ceil(input / stride)
 # measured (bench/bench_disk.py): HDF5 bytes of a file beyond its arrays, preview PNG bytes per pixel
 CAM_FILE_FIXED = 6_700
 CROP_FILE_FIXED = 8_000
@@ -49,7 +47,7 @@ class DatasetSize:
     video_seconds: int  # stored seconds of all videos
     rows: int
     event_seconds: int  # Σ over rows of the event's length
-    st_rows: int  # rows with an event of ≥ 3 s (ST and STA use only those)
+    st_rows: int  # rows with an event of ≥ 3 s (window branches such as ST, and STA, use only those)
     st_event_seconds: int
     test_video_seconds: int
 
@@ -61,7 +59,7 @@ class DatasetSize:
         for r in rows:
             length[r.video_id] = max(length.get(r.video_id, 0), int(r.end))
         test_len: dict[str, int] = {r.video_id: length.get(r.video_id, int(r.end)) for r in test_rows}
-        long = [r for r in rows if r.end - r.start >= 3]
+        long = [r for r in rows if r.end - r.start >= TEMPORAL_MIN_EVENT_S]
         return cls(videos=len(length), video_seconds=sum(length.values()), rows=len(rows),
                    event_seconds=sum(r.end - r.start for r in rows), st_rows=len(long),
                    st_event_seconds=sum(r.end - r.start for r in long),
@@ -69,11 +67,13 @@ class DatasetSize:
 
 
 def _grid(input_size: int, branch: str) -> int:
-    return -(-input_size // STRIDE[branch])
+    """Class-map grid = ceil(input / stride)."""
+    return -(-input_size // BRANCHES[branch].stride)
 
 
 def _rows_secs(ds: DatasetSize, branch: str) -> tuple[int, int]:
-    return (ds.st_rows, ds.st_event_seconds) if branch == "st" else (ds.rows, ds.event_seconds)
+    long = BRANCHES[branch].min_event_s >= TEMPORAL_MIN_EVENT_S
+    return (ds.st_rows, ds.st_event_seconds) if long else (ds.rows, ds.event_seconds)
 
 
 def estimate(cfg: PipelineConfig, ds: DatasetSize, *, checkpoints: Literal["config", "today", "slim"] = "config",

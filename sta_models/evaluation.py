@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from sta_models import evaluation_result as R
+from sta_models import metric_table as T
 from sta_models import metrics as M
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.config import EvaluateConfig
 from sta_models.imageio_utils import read_fixations, read_map
 
-METRICS = M.ALL_METRICS  # cc, nss, sim, kld, auc_j, auc_b, sauc
-LOWER_IS_BETTER = frozenset({"kld"})
+METRICS = T.NAMES  # cc, nss, sim, kld, auc_j, auc_b, sauc (sta_models.metric_table)
+LOWER_IS_BETTER = T.LOWER_IS_BETTER
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NUM = re.compile(r"(\d+)$")
 
@@ -162,19 +163,38 @@ def score_frame(
     cfg: EvaluateConfig,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    """All seven metrics of one post-processed prediction (None = constant map → all NaN)."""
+    """Every metric of the table of one post-processed prediction (None = constant map → all NaN).
+
+    In table order: the random metrics draw from ``rng`` one after the other."""
     if pred is None:
         return dict.fromkeys(METRICS, math.nan)
     s = M.resize_map(pred, gt_map.shape)
-    return {
-        "cc": M.cc(s, gt_map),
-        "nss": M.nss(s, fix),
-        "sim": M.sim(s, gt_map),
-        "kld": M.kld(s, gt_map),
-        "auc_j": M.auc_judd(s, fix, jitter=True, rng=rng),
-        "auc_b": M.auc_borji(s, fix, n_splits=cfg.n_splits, step=cfg.step, rng=rng),
-        "sauc": M.sauc(s, fix, other, n_splits=cfg.n_splits, step=cfg.step, rng=rng),
-    }
+    return {name: score_metric(metric, s, gt_map, fix, other, cfg, rng) for name, metric in T.METRICS.items()}
+
+
+def score_metric(
+    metric: T.Metric,
+    s: np.ndarray,
+    gt_map: np.ndarray,
+    fix: np.ndarray,
+    other: np.ndarray | None = None,
+    cfg: EvaluateConfig | None = None,
+    rng: np.random.Generator | None = None,
+) -> float:
+    """One metric of map ``s`` as its table entry says to call it (``other``: s-AUC's negatives)."""
+    args: list[Any] = [s, gt_map if metric.needs == "map" else fix]
+    if metric.other_frames:
+        if other is None:
+            raise ValueError(f"{metric.name} needs the other frames' fixations")
+        args.append(other)
+    kwargs: dict[str, Any] = dict(metric.options)
+    if metric.splits:
+        cfg = cfg or EvaluateConfig()
+        kwargs.update(n_splits=cfg.n_splits, step=cfg.step)
+    if metric.random:
+        kwargs["rng"] = rng
+    fn = getattr(M, metric.function) if isinstance(metric.function, str) else metric.function
+    return float(fn(*args, **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -383,7 +403,7 @@ def format_table(reports: Sequence[EvaluationReport], per_video: bool = True) ->
         for row in rows:
             lines.append(f"{row['method'][:12]:<12} {row['video'][:24]:<24} {row['frames']:>6} "
                          + " ".join(f"{row[m]:>7}" for m in METRICS))
-    lines.append("(kld: lower is better; all others: higher is better)")
+    lines.append(f"({T.direction_note(METRICS, labels=False)})")
     return "\n".join(lines)
 
 

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sta_models import metric_table
+
 SCHEMA_VERSION = 1
-METRICS = ("cc", "nss", "sim", "kld", "auc_j", "auc_b", "sauc")
-METRIC_LABELS = {"cc": "CC", "nss": "NSS", "sim": "SIM", "kld": "KLD", "auc_j": "AUC-J", "auc_b": "AUC-B",
-                 "sauc": "s-AUC"}
-LOWER_IS_BETTER = frozenset({"kld"})
+METRICS = metric_table.NAMES  # the table's names, labels and directions (sta_models.metric_table)
+METRIC_LABELS = metric_table.LABELS
+LOWER_IS_BETTER = metric_table.LOWER_IS_BETTER
 METHOD_LABELS = {"sta": "STA", "centre": "centre bias"}
 MAX_BYTES = 50 * 1024 * 1024
 

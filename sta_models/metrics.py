@@ -1,6 +1,7 @@
 """Saliency metrics with the exact MIT saliency benchmark definitions (SPEC §7).
 
-Every function takes 2-D arrays and returns a Python float. The prediction ``s`` is resized to the
+Every function takes 2-D arrays and returns a Python float; which arguments each one gets in an
+evaluation is declared in :mod:`sta_models.metric_table`. The prediction ``s`` is resized to the
 ground truth's shape first when they differ (cv2 bicubic when enlarging, area averaging when
 shrinking — the closest cheap match to MATLAB's antialiased ``imresize``; resize outside the metric
 when bit-level agreement with MATLAB matters). Undefined cases (constant map, no fixations, no
@@ -10,6 +11,8 @@ negatives) give NaN, never an exception, so an evaluation can drop and count the
 from __future__ import annotations
 
 import numpy as np
+
+from sta_models.metric_table import NAMES
 
 EPS = 2.220446049250313e-16  # MATLAB eps, pinned by the MIT code
 
@@ -220,4 +223,4 @@ def sauc(
     return float(_split_aucs(sth, np.ascontiguousarray(neg), step).mean())
 
 
-ALL_METRICS = ("cc", "nss", "sim", "kld", "auc_j", "auc_b", "sauc")
+ALL_METRICS = NAMES  # the table's names (sta_models.metric_table): cc, nss, sim, kld, auc_j, auc_b, sauc

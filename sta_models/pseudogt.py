@@ -31,6 +31,7 @@ import cv2
 import h5py
 import numpy as np
 
+from sta_models.branches import BRANCHES
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import CamFile, read_cam_file
 from sta_models.config import PseudoGTConfig
@@ -40,7 +41,6 @@ from sta_models.jsonio import write_json_atomic
 BOX_SOURCES = {0: "not in event", 1: "fused selected branches", 2: "average of unselected CAMs", 3: "full frame"}
 PREVIEWS_PER_ROW = 3
 PREVIEW_ROWS = 32  # rows per stage that get previews: a sample to look at, not 3 PNGs for each of 4,143 rows
-ST_MIN_EVENT = 3  # the ST branch skips events shorter than this (SPEC §3)
 
 
 class RowLike(Protocol):
@@ -562,7 +562,6 @@ def coarse_boxes_and_crops(
 def _reasons(row: RowLike, secs: np.ndarray, names: list[str], loaded: Mapping[str, CamFile | None],
              avail: np.ndarray, audio_valid: np.ndarray) -> list[str]:
     """Why each of ``secs`` has no pseudo-GT: no branch selected it, plus what kept a branch out."""
-    short = len(row.seconds) < ST_MIN_EVENT
     out = []
     for j, s in enumerate(secs):
         why = ["no branch selected it"]
@@ -571,10 +570,11 @@ def _reasons(row: RowLike, secs: np.ndarray, names: list[str], loaded: Mapping[s
         for b, name in enumerate(names):
             if avail[b, j]:
                 continue
-            if name == "st" and short:
-                why.append("st: event too short")
-            elif name == "sa" and not bool(audio_valid[s]):
-                why.append("sa: no audio")
+            spec = BRANCHES.get(name)
+            if spec is not None and len(row.seconds) < spec.min_event_s:
+                why.append(f"{name}: event too short")
+            elif spec is not None and spec.needs_audio and not bool(audio_valid[s]):
+                why.append(f"{name}: no audio")
             else:
                 why.append(f"{name}: no CAM")
         out.append("; ".join(why))

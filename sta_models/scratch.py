@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from sta_models.branches import BRANCHES
 from sta_models.networks.backbones import RANDOM_INIT
 
 LINEAR_KINDS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
@@ -44,10 +45,13 @@ class ScratchRecipe:
 
 RECIPE = ScratchRecipe()
 
-#: branches that get the recipe from random init. S is left at SPEC: it has a single N(0, 0.01)
-#: layer before its logits (class-map std 0.2, it learns), and the recipe's larger steps made it
-#: worse on the tiny set (best val top-1 0.42 against 0.67 with SPEC init; docs/method-notes.md).
-APPLIES_TO = ("sa", "st")
+
+
+def applies_to(branch: str) -> bool:
+    """Whether ``branch`` gets the recipe from random init: its registry entry's ``scratch_recipe``
+    (SA, ST; S is left at SPEC, see its entry in ``sta_models.branches``)."""
+    spec = BRANCHES.get(branch)
+    return spec is not None and spec.scratch_recipe
 
 
 def random_sources(weights: Mapping[str, str]) -> list[str]:

@@ -14,7 +14,7 @@ of the video) resized to ``input_size``. Seconds whose audio is invalid keep the
 spectrogram (the pseudo-GT already decided whether the second is usable). Train-time colour jitter
 is drawn once per sample for all three frames from the sampler's ``aug_seed``
 (``datasets.color_jitter``); nothing is augmented at evaluation. Rows whose event is shorter than
-3 s are skipped and counted.
+3 s (``MIN_EVENT_SECONDS``) are skipped and counted.
 
 Items are default-collatable dicts: ``frames`` [3, 3, S, S] uint8 (time order t−1, t, t+1; turned
 into normalised floats on the device by ``datasets.prepare_batch``), ``audios`` [3, 1, 81, 199]
@@ -36,9 +36,10 @@ import torch
 from torch.utils.data import Dataset
 
 from sta_models.ave import AnnotationRow
-from sta_models.datasets import ST_MIN_EVENT, color_jitter, feature_path, open_h5, resize_frames
+from sta_models.branches import TEMPORAL_MIN_EVENT_S
+from sta_models.datasets import color_jitter, feature_path, open_h5, resize_frames
 
-MIN_EVENT_SECONDS = ST_MIN_EVENT  # 3 s, as for the ST branch
+MIN_EVENT_SECONDS = TEMPORAL_MIN_EVENT_S  # 3 s: the same window t−1, t, t+1 as the ST branch (SPEC §3)
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sta_models import metrics
+from sta_models import metric_table
 from sta_models.ave import AnnotationRow
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.config import TrainConfig
 from sta_models.datasets import feature_path, prepare_batch
+from sta_models.evaluation import score_metric
 from sta_models.networks.sta import CENTRE, DEFAULT_CHANNELS, FINEST, STA, build_sta, sta_param_groups
 from sta_models.sta_data import StaDataset
 from sta_models.sta_loss import sta_loss, sta_loss_per_item
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record, load_checkpoint
 
-METRIC_KEYS = ("cc", "nss", "sim", "kld")
+METRIC_KEYS = ("cc", "nss", "sim", "kld")  # validation metrics: entries of sta_models.metric_table
 NSS_FIXATIONS = "pseudo-GT > its mean"
 
 
@@ -46,12 +47,8 @@ def fixation_map(target: np.ndarray) -> np.ndarray:
 
 def saliency_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """CC, NSS, SIM, KLD of one predicted map against one pseudo-GT map (same size)."""
-    return {
-        "cc": metrics.cc(pred, target),
-        "nss": metrics.nss(pred, fixation_map(target)),
-        "sim": metrics.sim(pred, target),
-        "kld": metrics.kld(pred, target),
-    }
+    fix = fixation_map(target)
+    return {k: score_metric(metric_table.METRICS[k], pred, target, fix) for k in METRIC_KEYS}
 
 
 def frame_size_of(rows: Sequence[AnnotationRow], feature_dir: str | Path) -> int | None:

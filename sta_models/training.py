@@ -1,4 +1,4 @@
-"""Training one classifier branch (S, SA or ST) for one stage: SPEC §3 on top of ``trainer.fit``.
+"""Training one classifier branch (any of ``sta_models.branches``) for one stage: SPEC §3 on top of ``trainer.fit``.
 
 :class:`BranchTask` is the branch's :class:`~sta_models.trainer.TrainTask`; :func:`train_branch`
 runs it and writes ``record.json`` next to ``last.pt``/``best.pt`` (weights used or random init,
@@ -26,7 +26,7 @@ from sta_models.networks.branches import (
     param_groups,
     run_branch,
 )
-from sta_models.scratch import APPLIES_TO, RECIPE, ScratchRecipe, random_sources, scratch_init
+from sta_models.scratch import RECIPE, ScratchRecipe, applies_to, random_sources, scratch_init
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record
 from sta_models.training_health import branch_warnings
 
@@ -43,8 +43,9 @@ class BranchTask(SplitDatasetTask):
     Validation: CE loss as in training, top-1 accuracy of the frame prediction
     (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy; and
     ``cam_peak``, the mean max/mean of the true-class CAM (1 = flat; the health check reads it).
-    A random-init SA or ST gets the from-scratch recipe (``sta_models.scratch``) unless
-    ``cfg.scratch_recipe == "off"``; ``recipe`` says which (None = SPEC §3; always for S).
+    A random-init branch whose registry entry says ``scratch_recipe`` (SA, ST) gets the
+    from-scratch recipe (``sta_models.scratch``) unless ``cfg.scratch_recipe == "off"``;
+    ``recipe`` says which (None = SPEC §3; always for S).
     """
 
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
@@ -62,7 +63,7 @@ class BranchTask(SplitDatasetTask):
                              audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weights_record()
         self.recipe = None
-        if self.cfg.scratch_recipe == "auto" and self.branch in APPLIES_TO and random_sources(self.weights):
+        if self.cfg.scratch_recipe == "auto" and applies_to(self.branch) and random_sources(self.weights):
             self.recipe = RECIPE
             scratch_init(model.new_modules(), model.logit_layers(), RECIPE.classifier_std)
         return model
@@ -112,7 +113,7 @@ def cam_peak(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train_branch(branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
                  out_dir: str | Path, cfg: TrainConfig, callbacks: Callbacks = NO_CALLBACKS,
                  resume: bool = True, *, use_cache: bool = True) -> TrainResult:
-    """Train S, SA or ST (SPEC §3); writes last.pt, best.pt and record.json in ``out_dir``."""
+    """Train a registered branch (S, SA, ST: SPEC §3); writes last.pt, best.pt and record.json in ``out_dir``."""
     task = BranchTask(branch, splits, feature_dir, cfg, use_cache=use_cache)
     return fit_and_record(task, cfg, out_dir, callbacks, resume, name=branch, best_key="best_val_accuracy",
                           selection="val top-1 accuracy", extra={"branch": branch})

@@ -33,9 +33,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Artefact, Pipeline, PipelineStatus, Stage
+from sta_models.branches import BRANCHES
 
 INTERMEDIATE_KINDS = ("cams_coarse", "crops", "cams_fine", "pseudo_gt",
-                      *(f"train_{b}_{p}" for p in ("coarse", "fine") for b in ("s", "sa", "st")))
+                      *(f"train_{b}_{p}" for p in ("coarse", "fine") for b in BRANCHES))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from sqlalchemy import select
 
 from db.models import Stage
 from db.session import session_scope
+from sta_models.metric_table import METRICS, direction_note
 
-COLUMNS = (("cc", "CC"), ("nss", "NSS"), ("sim", "SIM"), ("kld", "KLD"), ("auc_j", "AUC-J"), ("sauc", "s-AUC"))
+COLUMNS = tuple((m.name, m.label) for m in METRICS.values() if m.in_demo_table)
 
 
 def evaluation_table(url: str, pipeline_id: int) -> str:
@@ -27,7 +28,7 @@ def evaluation_table(url: str, pipeline_id: int) -> str:
         row = metrics.get(name) or {}
         lines.append(f"{label:<14}" + "".join(
             f"{row[k]:>8.3f}" if isinstance(row.get(k), int | float) else f"{'-':>8}" for k, _ in COLUMNS))
-    lines.append("(KLD: lower is better; all others: higher is better)")
+    lines.append(f"({direction_note([k for k, _ in COLUMNS])})")
     ablation = _ablation_table(out_dir)
     return "\n".join(lines) + (f"\n\n{ablation}" if ablation else "")
 

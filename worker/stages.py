@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sta_models.config import BRANCHES
+from sta_models.branches import BRANCHES
 from sta_models.jsonio import finite_json
 from worker.stage_context import ItemJob, StageContext
 from worker.stage_graph import FanOut, Queue, StageGraph

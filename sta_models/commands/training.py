@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from sta_models.branches import BRANCHES
+
 OVERRIDES = ("backbone", "input_size", "epochs", "batch_size", "lr", "workers", "device", "seed",
              "backbone_weights", "audio_weights")
 
@@ -102,8 +104,8 @@ def _cams(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train-branch", help="train the S, SA or ST classifier branch (docs/method.md §3)")
-    p.add_argument("--branch", choices=("s", "sa", "st"), required=True)
+    p = subparsers.add_parser("train-branch", help="train a classifier branch: " + ", ".join(s.label for s in BRANCHES.values()) + " (docs/method.md §3)")
+    p.add_argument("--branch", choices=tuple(BRANCHES), required=True)
     p.add_argument("--dataset", required=True, help="AVE-layout root (Annotations.txt, split files, AVE/)")
     p.add_argument("--features", required=True, help="folder of per-video (or per-row crop) HDF5 files")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, record.json")
@@ -123,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     c = subparsers.add_parser("cams", help="class activation maps of a trained branch (docs/method.md §4)")
-    c.add_argument("--branch", choices=("s", "sa", "st"), required=True)
+    c.add_argument("--branch", choices=tuple(BRANCHES), required=True)
     c.add_argument("--checkpoint", required=True, help="best.pt or last.pt of train-branch")
     c.add_argument("--dataset", required=True)
     c.add_argument("--features", required=True)

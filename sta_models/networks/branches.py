@@ -1,4 +1,7 @@
-"""The three classifier branches of SPEC §3 (S, SA, ST) and their SGD parameter groups.
+"""The networks of the classifier branches of SPEC §3 (S, SA, ST), their losses and SGD groups.
+
+Which branches exist, what a batch feeds each and which loss it takes is declared once in
+:mod:`sta_models.branches`; :func:`build_branch`, :func:`run_branch` and :func:`branch_loss` read it.
 
 Every spatial size is derived from the input, so one model object runs at 256 (coarse) and 356
 (fine). Forward passes return a :class:`BranchOutput`; :meth:`BranchOutput.cam` and
@@ -16,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sta_models.branches import BRANCHES, get_branch
 from sta_models.networks.audio import AudioNet
 from sta_models.networks.backbones import Backbone
 from sta_models.networks.blocks import AttentionGate, ConvGRUStep, init_new_layers
 
 NUM_CLASSES = 28  # the AVE categories (SPEC §1); class ids are positions in that list
-BRANCH_KINDS = ("s", "sa", "st")
+BRANCH_KINDS = tuple(BRANCHES)  # the registry's names (kept for callers of the old constant)
 ST_WEIGHTS = (0.4, 0.6)  # SPEC §3: 0.4·Σ CE(x_k) + 0.6·Σ CE(x_kk)
 
 
@@ -108,7 +112,7 @@ class TemporalMask(nn.Module):
 class BranchNet(nn.Module):
     """Common parts: backbone (+ audio net) = pretrained modules, the rest = new layers."""
 
-    kind = ""
+    kind = ""  # the registered name (sta_models.branches), set by build_branch
     until = "layer4"
 
     def __init__(self, backbone: str, num_classes: int, backbone_weights: str | Path | None,
@@ -144,7 +148,7 @@ class BranchNet(nn.Module):
 class SBranch(BranchNet):
     """S: one frame, backbone to layer3; x1 = 1×1 → C; x2 = GRU(1×1(cat(x1, gate(x1))), x1)."""
 
-    kind, until = "s", "layer3"
+    until = "layer3"
 
     def __init__(self, backbone: str = "resnext101_32x8d", num_classes: int = NUM_CLASSES,
                  backbone_weights: str | Path | None = None, use_cache: bool = True) -> None:
@@ -163,8 +167,6 @@ class SBranch(BranchNet):
 
 class SABranch(BranchNet):
     """SA: frame + its second of audio, backbone to layer4, audio mask m (SPEC §3)."""
-
-    kind = "sa"
 
     def __init__(self, backbone: str = "resnext101_32x8d", num_classes: int = NUM_CLASSES,
                  backbone_weights: str | Path | None = None, audio_weights: str | Path | None = None,
@@ -189,8 +191,6 @@ class SABranch(BranchNet):
 
 class STBranch(BranchNet):
     """ST: frames t−1, t, t+1 with shared weights; temporal mask from the properly stacked maps."""
-
-    kind = "st"
 
     def __init__(self, backbone: str = "resnext101_32x8d", num_classes: int = NUM_CLASSES,
                  backbone_weights: str | Path | None = None, use_cache: bool = True) -> None:
@@ -220,31 +220,36 @@ class STBranch(BranchNet):
 def build_branch(kind: str, backbone: str = "resnext101_32x8d", *, num_classes: int = NUM_CLASSES,
                  backbone_weights: str | Path | None = None, audio_weights: str | Path | None = None,
                  use_cache: bool = True) -> BranchNet:
-    """S, SA or ST by name; ``use_cache=False`` skips torchvision's cache (tests, reproducibility)."""
-    if kind == "s":
-        return SBranch(backbone, num_classes, backbone_weights, use_cache)
-    if kind == "sa":
-        return SABranch(backbone, num_classes, backbone_weights, audio_weights, use_cache)
-    if kind == "st":
-        return STBranch(backbone, num_classes, backbone_weights, use_cache)
-    raise ValueError(f"unknown branch {kind!r}; choose one of {', '.join(BRANCH_KINDS)}")
+    """A registered branch's network by name; ``use_cache=False`` skips torchvision's cache (tests,
+    reproducibility). ``audio_weights`` goes only to branches that read audio."""
+    spec = get_branch(kind)
+    extra = {"audio_weights": audio_weights} if spec.needs_audio else {}
+    model: BranchNet = spec.network_class()(backbone, num_classes, backbone_weights, use_cache=use_cache, **extra)
+    model.kind = spec.name
+    return model
 
 
 def run_branch(model: BranchNet, batch: dict[str, torch.Tensor]) -> BranchOutput:
-    """Call a branch on a batch from ``sta_models.datasets`` (inputs already on the device)."""
-    if model.kind == "s":
-        return model(batch["image"])
-    if model.kind == "sa":
-        return model(batch["image"], batch["audio"])
-    return model(batch["frames"])
+    """Call a branch on a batch from ``sta_models.datasets`` (inputs already on the device): its
+    registered ``inputs``, in order."""
+    return model(*(batch[k] for k in get_branch(model.kind).inputs))
 
 
 def branch_loss(out: BranchOutput, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """S/SA: CE(l1) + CE(l2); ST: 0.4·Σ_k CE(x_k) + 0.6·Σ_k CE(x_kk) (fp32 logits)."""
+    """The registered loss of branch ``kind`` (:func:`pair_loss` or :func:`window_loss` for the three of SPEC §3)."""
+    return get_branch(kind).loss_fn()(out, target)
+
+
+def pair_loss(out: BranchOutput, target: torch.Tensor) -> torch.Tensor:
+    """S/SA: CE(l1) + CE(l2) (fp32 logits)."""
     ce = [F.cross_entropy(logit.float(), target) for logit in out.logits]
-    if kind == "st":
-        return ST_WEIGHTS[0] * sum(ce[:3]) + ST_WEIGHTS[1] * sum(ce[3:])
     return ce[0] + ce[1]
+
+
+def window_loss(out: BranchOutput, target: torch.Tensor) -> torch.Tensor:
+    """ST: 0.4·Σ_k CE(x_k) + 0.6·Σ_k CE(x_kk) over the three frames (fp32 logits)."""
+    ce = [F.cross_entropy(logit.float(), target) for logit in out.logits]
+    return ST_WEIGHTS[0] * sum(ce[:3]) + ST_WEIGHTS[1] * sum(ce[3:])
 
 
 LR_MULTS = {"backbone_weight": 1.0, "backbone_bias": 2.0, "new_weight": 10.0, "new_bias": 20.0}
