@@ -141,7 +141,7 @@ import argparse
 from pydantic import ValidationError
 from sta_models.commands.training import register
 from sta_models.config import PipelineConfig, preset
-from worker.stages import STAGES
+from worker.stages import GRAPH
 from dashboard.config_form import TRAIN_GROUPS
 subcommands = argparse.ArgumentParser().add_subparsers()
 register(subcommands)
@@ -153,7 +153,7 @@ try:
     missing = None
 except ValidationError as exc:
     missing = str(exc).splitlines()[1:3]
-print(json.dumps({"stages": {s.kind: list(s.depends_on) for s in STAGES}, "groups": dict(TRAIN_GROUPS),
+print(json.dumps({"stages": {s.kind: list(s.depends_on) for s in GRAPH.required}, "groups": dict(TRAIN_GROUPS),
                   "batch": preset("paper").coarse["tw"].batch_size, "choices": list(choices[0]),
                   "missing": missing}))
 """
