@@ -78,7 +78,8 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
                  artifacts_dir / "health-warnings")
 
 
-def _screenshots(client: FlaskClient, paths: list[str], out: Path) -> None:
+def _screenshots(client: FlaskClient, paths: list[str], out: Path,
+                 wait_for: str = ".flash.warning, [data-warning]") -> None:
     """Render pages in Chromium; every request (CSS, JS, API polls) is answered by the test client."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (make install puts it there)")
@@ -98,7 +99,7 @@ def _screenshots(client: FlaskClient, paths: list[str], out: Path) -> None:
             page.route("http://dash.test/**", serve)
             for i, path in enumerate(paths):
                 page.goto(f"http://dash.test{path}")
-                page.wait_for_selector(".flash.warning, [data-warning]")
+                page.wait_for_selector(wait_for)
                 page.screenshot(path=str(out / f"{i + 1:02d}-{path.strip('/').replace('/', '-')}.png"), full_page=True)
         finally:
             browser.close()
