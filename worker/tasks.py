@@ -176,18 +176,24 @@ def body_train_branch(ctx: StageContext) -> None:
 
 
 def _cams(ctx: StageContext, phase: str) -> None:
+    import dataclasses
+
     from sta_models.cams import compute_cams
+    from worker.progress import BranchesProgress
 
     feature_dir = ctx.dirs["extract" if phase == "coarse" else "crops"]
     splits = _splits(ctx, feature_dir)
     rows = splits["train"] + splits["val"] + splits["test"]
     summary: dict[str, Any] = {}
-    for branch in ("s", "sa", "st"):
+    branches = ("s", "sa", "st")
+    progress = BranchesProgress(ctx.callbacks.on_progress, branches)  # "… · branch 2/3 (s 9/9, sa 4/9)"
+    for branch in branches:
         ctx.callbacks.check_cancel()
         cfg = (ctx.config.coarse if phase == "coarse" else ctx.config.fine)[branch]
         ckpt = ctx.dirs[f"train_{branch}_{phase}"] / "best.pt"
         res = compute_cams(branch, ckpt, rows, feature_dir, ctx.output_dir / branch, canvas=ctx.config.extract.size,
-                           device=cfg.device, callbacks=ctx.callbacks)
+                           device=cfg.device,
+                           callbacks=dataclasses.replace(ctx.callbacks, progress=progress.for_branch(branch)))
         summary[branch] = _jsonable(res)
     ctx.summary = summary
 
