@@ -72,7 +72,7 @@ def make_data(root: Path, videos: int, seconds: int) -> list[Row]:
             f["frames"] = np.stack(frames356)
             f["audio"] = audio
             f["audio_valid"] = np.ones(seconds, bool)
-        rows.append(Row("c", v % 28, vid, 0, seconds))
+        rows.append(Row("c", v % 28, vid, 0, seconds, line=v + 1))
     return rows
 
 

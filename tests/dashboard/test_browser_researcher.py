@@ -7,6 +7,7 @@ are all reused. Screenshots go to test-artifacts/dashboard-researcher/.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,10 @@ def test_workers_reuse_charts_compare_clone(stack: str, artifacts_dir: Path, syn
                                  ["text"] or ""), 600, "training progress")
         assert text.startswith("epoch ") and " · batch " in text and "/2 · " in text, text
         finished(stack, a["id"])
+        # a CAM stage's progress covers its three branches, not just the last one's batches
+        for kind in ("cams_coarse", "cams_fine"):
+            cams = call(stack, "GET", f"/stages/{stages_a[kind]['id']}")["progress"]["text"] or ""
+            assert re.fullmatch(r"(\d+)/\1 CAM batches · branch 3/3 \(s (\d+)/\2, sa (\d+)/\3, st (\d+)/\4\)", cams), cams
 
         # clone and edit: the form is pre-filled from pipeline A; change the STA learning rate
         page.goto(f"{stack}/pipelines/{a['id']}")
