@@ -14,13 +14,12 @@ from sqlalchemy.orm import Session
 
 from sta_models.config import TrainConfig
 from sta_models.training import train_branch
-from tests.models.conftest import make_row, write_features
 from worker.logs import StageLog
 from worker.settings import Settings
 from worker.stage_runner import DbCallbacks
 
 from .conftest import make_pipeline, stage_of
-from .test_health_warnings import _screenshots
+from .test_health_warnings import _screenshots, three_class_features
 
 pytestmark = [pytest.mark.browser]
 
@@ -28,12 +27,7 @@ pytestmark = [pytest.mark.browser]
 def test_recipe_is_shown_while_the_stage_trains(browser_client: FlaskClient, session: Session, settings: Settings,
                                                tmp_path: Path, artifacts_dir: Path) -> None:
     feat = tmp_path / "features"
-    feat.mkdir()
-    rows: dict[str, list] = {"train": [], "val": []}
-    for c in range(3):
-        for j in range(2):
-            write_features(feat / f"v{c}{j}.h5", c, seconds=3, seed=10 * c + j)
-            rows["val" if j else "train"].append(make_row(f"v{c}{j}", c, 0, 3))
+    rows = three_class_features(feat)
     p = make_pipeline(session, settings, statuses={"extract": "succeeded", "train_sa_coarse": "running"})
     stage = stage_of(p, "train_sa_coarse")
     stage.celery_task_id = "token-1"
