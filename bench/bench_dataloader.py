@@ -32,9 +32,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import step_times, synthetic_batch  # noqa: E402
 from sta_models.ave import AnnotationRow as Row  # noqa: E402
+from sta_models.config import TrainConfig  # noqa: E402
 from sta_models.datasets import FeatureDataset, close_handles, prepare_batch  # noqa: E402
-from sta_models.networks import branch_loss, build_branch, param_groups, run_branch  # noqa: E402
+from sta_models.networks import build_branch, param_groups  # noqa: E402
 from sta_models.trainer import SeededSampler, autocast_for, build_optimizer, make_loader  # noqa: E402
 
 SECTION = "## Data loading and training step (issue 3)"
@@ -70,7 +72,7 @@ def make_data(root: Path, videos: int, seconds: int) -> list[Row]:
             f["frames"] = np.stack(frames356)
             f["audio"] = audio
             f["audio_valid"] = np.ones(seconds, bool)
-        rows.append(Row("c", v % 28, vid, 0, seconds))
+        rows.append(Row("c", v % 28, vid, 0, seconds, line=v + 1))
     return rows
 
 
@@ -125,36 +127,15 @@ def rate_ours(root: Path, rows: list[Row], size: int, batch: int, workers: int, 
 
 def step_time(kind: str, backbone: str, size: int, batch: int, device: torch.device, fast: bool,
               steps: int = 3) -> float:
+    """Median seconds of a training step (``bench.timing.step_times``), after one warm-up step."""
     torch.manual_seed(0)
     model = build_branch(kind, backbone, use_cache=False).to(device)
     if fast:
         model.to(memory_format=torch.channels_last)
-    opt, _ = build_optimizer(param_groups(model), __import__("sta_models.config").config.TrainConfig())
-    x = {"label": torch.randint(0, 28, (batch,), device=device)}
-    if kind == "st":
-        x["frames"] = torch.randn(batch, 3, 3, size, size, device=device)
-    else:
-        x["image"] = torch.randn(batch, 3, size, size, device=device)
-        if fast:
-            x["image"] = x["image"].contiguous(memory_format=torch.channels_last)
-    if kind == "sa":
-        x["audio"] = torch.randn(batch, 1, 81, 199, device=device)
-    ctx = autocast_for(device) if fast else torch.autocast(device.type, enabled=False)
-    times = []
-    for i in range(steps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with ctx:
-            loss = branch_loss(run_branch(model, x), x["label"], kind)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first step pays allocation / autotuning
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    opt, _ = build_optimizer(param_groups(model), TrainConfig())
+    x = synthetic_batch(kind, size, batch, device, channels_last=fast)
+    amp = (lambda: autocast_for(device)) if fast else (lambda: torch.autocast(device.type, enabled=False))
+    return float(np.median(step_times(kind, model, opt, x, device, steps, amp)))
 
 
 def cpu_name() -> str:

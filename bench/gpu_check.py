@@ -6,8 +6,9 @@
 2. **Data pipeline** — SA at 256 from per-video HDF5 features (``FeatureDataset`` + ``make_loader``)
    with N DataLoader workers: samples/s delivered alone, against samples/s the GPU consumes
    (section 1, bf16), and the GPU busy share when the loader feeds the training step (target ≥ 90 %).
-3. **CAM extraction and prediction** — ``compute_cams`` (S at 356) and ``predict_features`` (STA at
-   356, every second of a clip) in frames/s, through the pipeline's own functions.
+3. **CAM extraction and prediction** — ``compute_cams`` (S at 356) and ``predict_every_frame`` (STA at
+   356 on a generated 25 fps clip: what ``stapipe predict --every-frame`` runs) in frames/s, through
+   the pipeline's own functions.
 4. **End to end** — a ``tiny`` pipeline through the real worker on the embedded default (``stapipe
    run``: SQLite + filesystem broker) with every stage on the accelerator, its wall time, and its
    STA/centre metrics against the same pipeline on the CPU (``--set *.device=cpu``) within
@@ -42,12 +43,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import loss_of, step_times, sync, synthetic_batch  # noqa: E402
 from sta_models.ave import AnnotationRow  # noqa: E402
 from sta_models.config import TrainConfig  # noqa: E402
 from sta_models.datasets import FeatureDataset, close_handles, prepare_batch  # noqa: E402
-from sta_models.networks import branch_loss, build_branch, param_groups, run_branch  # noqa: E402
+from sta_models.networks import build_branch, param_groups  # noqa: E402
 from sta_models.networks.sta import STA  # noqa: E402
-from sta_models.sta_loss import sta_loss  # noqa: E402
 from sta_models.trainer import (  # noqa: E402
     CHECKPOINT_FORMAT,
     SeededSampler,
@@ -75,15 +76,16 @@ class Shapes:
     videos: int
     seconds: int
     frame_size: int  # stored frame size of the HDF5 features
+    clip_seconds: float  # length of the 25 fps clip the every-frame prediction runs on
     e2e: tuple[str, ...]  # extra `stapipe run` arguments for the end-to-end pipeline
 
 
 PAPER = Shapes(backbone="resnext101_32x8d", sizes={"s": (256, 356), "sa": (256, 356), "st": (256, 356), "sta": (356,)},
                batch={"s": 64, "sa": 40, "st": 20, "sta": 8}, workers=(0, 2, 4, 8), steps=6, videos=16,
-               seconds=10, frame_size=356, e2e=())
+               seconds=10, frame_size=356, clip_seconds=8.0, e2e=())
 SMALL = Shapes(backbone="resnet18", sizes={"s": (32,), "sa": (32,), "st": (32,), "sta": (32,)},
                batch={"s": 2, "sa": 2, "st": 2, "sta": 2}, workers=(0, 1), steps=1, videos=2, seconds=3,
-               frame_size=48, e2e=("--set", "coarse.*.epochs=1", "--set", "fine.*.epochs=1", "--set", "sta.epochs=1"))
+               frame_size=48, clip_seconds=1.0, e2e=("--set", "coarse.*.epochs=1", "--set", "fine.*.epochs=1", "--set", "sta.epochs=1"))
 
 
 @dataclass
@@ -101,11 +103,6 @@ class Report:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextlib.contextmanager
 def peak_memory(device: torch.device) -> Iterator[Callable[[], float]]:
     """Peak allocated GPU memory in GiB inside the block (0 on the CPU)."""
@@ -119,23 +116,6 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def synthetic_batch(net: str, size: int, batch: int, device: torch.device, fast: bool) -> dict[str, torch.Tensor]:
-    """Inputs shaped as ``prepare_batch`` makes them (normalised float, audio log-spectrograms)."""
-    x: dict[str, torch.Tensor] = {"label": torch.randint(0, 28, (batch,), device=device)}
-    if net in ("st", "sta"):
-        x["frames"] = torch.randn(batch, 3, 3, size, size, device=device)
-    else:
-        x["image"] = torch.randn(batch, 3, size, size, device=device)
-        if fast:
-            x["image"] = x["image"].contiguous(memory_format=torch.channels_last)
-    if net == "sa":
-        x["audio"] = torch.randn(batch, 1, 81, 199, device=device)
-    if net == "sta":
-        x["audios"] = torch.randn(batch, 3, 1, 81, 199, device=device)
-        x["target"] = torch.rand(batch, 3, size, size, device=device)
-    return x
-
-
 def build(net: str, backbone: str, device: torch.device, fast: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     model = STA(backbone, use_cache=False) if net == "sta" else build_branch(net, backbone, use_cache=False)
@@ -145,31 +125,15 @@ def build(net: str, backbone: str, device: torch.device, fast: bool) -> torch.nn
     return model
 
 
-def loss_of(net: str, model: torch.nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
-    if net == "sta":
-        return sta_loss(model(x["frames"], x["audios"]), x["target"])
-    return branch_loss(run_branch(model, x), x["label"], net)  # type: ignore[arg-type]
-
-
 def train_rate(net: str, backbone: str, size: int, batch: int, device: torch.device, fast: bool,
                steps: int) -> tuple[float, float]:
     """(samples/s, peak GiB) of forward+backward+step; raises on out-of-memory."""
     model = build(net, backbone, device, fast)
     opt, _ = build_optimizer(param_groups(model), TrainConfig())  # type: ignore[arg-type]
     x = synthetic_batch(net, size, batch, device, fast)
-    amp = autocast_for(device) if fast else contextlib.nullcontext()
+    amp = (lambda: autocast_for(device)) if fast else contextlib.nullcontext
     with peak_memory(device) as peak:
-        for i in range(steps + 1):  # the first step warms up (cuDNN autotune, allocator)
-            if i == 1:
-                sync(device)
-                t0 = time.perf_counter()
-            with amp:
-                loss = loss_of(net, model, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync(device)
-        rate = steps * batch / (time.perf_counter() - t0)
+        rate = steps * batch / sum(step_times(net, model, opt, x, device, steps, amp))
         gib = peak()
     del model, opt, x
     return rate, gib
@@ -262,7 +226,7 @@ def check_loader(rep: Report, shapes: Shapes, device: torch.device, features: Pa
                 x["image"] = x["image"].contiguous(memory_format=torch.channels_last)
             s0 = time.perf_counter()
             with autocast_for(device) if fast else contextlib.nullcontext():
-                loss = branch_loss(run_branch(model, x), x["label"], "sa")  # type: ignore[arg-type]
+                loss = loss_of("sa", model, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -280,7 +244,7 @@ def check_inference(rep: Report, shapes: Shapes, device: torch.device, features:
                     rows: list[AnnotationRow], tmp: Path) -> None:
     """Section 3, through the pipeline's own functions and checkpoint format."""
     from sta_models.cams import compute_cams
-    from sta_models.predict import predict_features
+    from sta_models.every_frame import predict_every_frame
     from sta_models.training import model_meta
 
     fine = shapes.sizes["s"][-1]
@@ -299,17 +263,25 @@ def check_inference(rep: Report, shapes: Shapes, device: torch.device, features:
     model = STA(shapes.backbone, use_cache=False).to(device).eval()
     if device.type == "cuda":
         to_channels_last(model)
-    with torch.no_grad():
-        predict_features(model, features / f"{rows[0].video_id}.h5", input_size=sta_size, device=device,
-                         batch_size=shapes.batch["sta"])  # warm-up
-        t0 = time.perf_counter()
-        for r in rows:
-            predict_features(model, features / f"{r.video_id}.h5", input_size=sta_size, device=device,
-                             batch_size=shapes.batch["sta"])
-        sync(device)
-    predict_fps = frames / (time.perf_counter() - t0)
-    rep.add(f"CAM extraction (S, {fine} px)", f"{cams_fps:.1f} frames/s", f"predict (STA, {sta_size} px)",
+    clip = stavis_clip(tmp / "stavis", shapes)
+    run = lambda: predict_every_frame(model, clip, lambda i, m: None, input_size=sta_size,  # noqa: E731
+                                      frame_size=shapes.frame_size, device=device, batch_size=shapes.batch["sta"])
+    run()  # warm-up
+    sync(device)
+    predict_fps = run().fps  # the maps come back to the host batch by batch: nothing left to sync
+    rep.add(f"CAM extraction (S, {fine} px)", f"{cams_fps:.1f} frames/s",
+            f"predict --every-frame (STA, {sta_size} px, {clip.n_frames} frames at {clip.fps:g} fps)",
             f"{predict_fps:.1f} frames/s", "", "", "", "")
+
+
+def stavis_clip(root: Path, shapes: Shapes):  # type: ignore[no-untyped-def]
+    """A generated 25 fps STAViS clip with its WAV, as ``stapipe predict --every-frame`` reads one."""
+    from sta_models.clips import open_frame_folder
+    from sta_models.synth_stavis import SynthVideo, generate_stavis
+
+    fps = 25.0
+    generate_stavis(root, "BENCH", (SynthVideo("clip", fps, shapes.clip_seconds),), size=(320, 240))
+    return open_frame_folder(root / "video_frames" / "BENCH" / "clip", fps, root / "video_audio" / "BENCH")
 
 
 def run_pipeline(tmp: Path, name: str, dataset: Path, extra: tuple[str, ...]) -> tuple[float, dict[str, dict[str, float]]]:

@@ -52,6 +52,13 @@ class Callbacks:
     progress: Callable[[int, int, str], None] | None = None  # (done, total, what)
     cancel_requested: Callable[[], bool] | None = None
     message: Callable[[str], None] | None = None
+    # what a run trains with, once its networks are built (recipe, random-init sources): the
+    # stage's page shows it from the start, not only in the record written at the end
+    started: Callable[[dict[str, Any]], None] | None = None
+
+    def on_started(self, info: dict[str, Any]) -> None:
+        if self.started is not None:
+            self.started(info)
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         if self.epoch_end is not None:

@@ -597,6 +597,8 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
     model = task.build_model()
     meta = task.meta()
     recipe = getattr(task, "recipe", None)
+    callbacks.on_started({"recipe": recipe.record() if recipe is not None else None,
+                          "random_init": random_sources(getattr(task, "weights", {}))})
     groups = task.param_groups(model)
     model.to(device)
     if cuda:

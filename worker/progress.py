@@ -7,6 +7,7 @@ as ``(batch, batches, "epoch N")``; the epoch total comes from the pipeline's co
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _EPOCH = re.compile(r"^epoch (\d+)$")
@@ -42,6 +43,31 @@ def progress_text(kind: str, config: dict[str, Any] | None, done: int, total: in
     return text
 
 
+class BranchesProgress:
+    """One stage's progress over a library call per branch (the CAM stages run S, SA, ST in turn).
+
+    Each call reports its own batches; passed on as is, the stage's last words were "9/9 st CAMs",
+    as if only ST had run. This sums the branches that have started and names each:
+    "22/27 CAM batches · branch 3/3 (s 9/9, sa 9/9, st 4/9)". A branch's total is known only once
+    it starts, so the "branch k/n" part says how many are still to come.
+    """
+
+    def __init__(self, report: Callable[[int, int, str], None], branches: Sequence[str],
+                 what: str = "CAM batches") -> None:
+        self.report, self.branches, self.what = report, tuple(branches), what
+        self.counts: dict[str, tuple[int, int]] = {}
+
+    def for_branch(self, branch: str) -> Callable[..., None]:
+        """The ``progress`` hook to give the call of ``branch``."""
+        def progress(done: int, total: int, what: str = "") -> None:
+            self.counts[branch] = (int(done), int(total))
+            parts = ", ".join(f"{b} {d}/{t}" for b, (d, t) in self.counts.items())
+            step = self.branches.index(branch) + 1
+            self.report(sum(d for d, _ in self.counts.values()), sum(t for _, t in self.counts.values()),
+                        f"{self.what} · branch {step}/{len(self.branches)} ({parts})")
+        return progress
+
+
 def rounded(value: Any, digits: int = 3) -> str:
     """A number for people: 3 significant-ish decimals, "–" for none, integers as integers."""
     if value is None:
@@ -55,4 +81,4 @@ def rounded(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-__all__ = ["epochs_total", "progress_text", "rounded"]
+__all__ = ["BranchesProgress", "epochs_total", "progress_text", "rounded"]

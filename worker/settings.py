@@ -13,13 +13,17 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# kombu logs "No hostname was supplied. Reverting to default 'localhost'" on every connection to a
+# bare ``filesystem://``; the transport ignores the host, so naming one costs nothing
+EMBEDDED_BROKER = "filesystem://localhost//"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STAPIPE_", extra="ignore")
 
     home: Path = Field(Path("var"), description="base folder for the embedded default's files")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite in home")
-    broker_url: str | None = Field(None, description="Celery broker URL; unset = filesystem broker in home")
+    broker_url: str | None = Field(None, description="Celery broker URL; unset = filesystem broker in home (`filesystem://localhost//`)")
     data_root: Path | None = Field(None, description="datasets must resolve inside it; unset = home/data")
     artefact_root: Path | None = Field(None, description="stage outputs; unset = home/artefacts")
     log_root: Path | None = Field(None, description="per-stage log files; unset = home/logs")
@@ -68,7 +72,8 @@ class Settings(BaseSettings):
 
     @property
     def broker(self) -> str:
-        return self.broker_url or "filesystem://"
+        url = self.broker_url or EMBEDDED_BROKER
+        return EMBEDDED_BROKER if url.rstrip("/") == "filesystem:" else url
 
     @property
     def broker_is_embedded(self) -> bool:

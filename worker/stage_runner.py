@@ -159,7 +159,7 @@ class DbCallbacks:
         from sta_models.callbacks import Callbacks
 
         return Callbacks(epoch_end=self.epoch_end, progress=self.progress,
-                         cancel_requested=self.cancel_requested, message=self.message)
+                         cancel_requested=self.cancel_requested, message=self.message, started=self.started)
 
     def _write(self, work: Callable[[Session], Any], budget_s: float, what: str) -> Any:
         """Pending epochs + ``work`` in one transaction, retried for ``budget_s``; tracks outages."""
@@ -225,6 +225,14 @@ class DbCallbacks:
             self._write(lambda s: s.execute(update(Stage).where(Stage.id == self.stage_id).values(
                 progress_done=int(done), progress_total=int(total), progress_what=(what or None) and what[:200],
                 updated_at=utcnow())), 0, "writing progress")
+
+    def started(self, info: dict[str, Any]) -> None:
+        """The run's setup (recipe, random-init sources) as the stage's summary while it runs; the
+        summary written on success replaces it. Best effort, like progress."""
+        with contextlib.suppress(DatabaseUnavailable):
+            self._write(lambda s: s.execute(update(Stage).where(Stage.id == self.stage_id).values(
+                summary=finite_json(json.loads(json.dumps(info, default=str))), updated_at=utcnow())),
+                0, "recording the run's setup")
 
     def cancel_requested(self) -> bool:
         if handback.requested():  # the worker is stopping: stop now, worker.handback hands the stage back

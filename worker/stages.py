@@ -145,18 +145,23 @@ def _train_branch(branch: str, phase: str, features: str) -> Any:
 
 def _cams(phase: str, features: str) -> Any:
     def body(ctx: StageContext) -> None:
+        import dataclasses
+
         from sta_models.cams import compute_cams
+        from worker.progress import BranchesProgress
 
         feature_dir = ctx.inputs[features]
         splits = _splits(ctx, feature_dir)
         rows = splits["train"] + splits["val"] + splits["test"]
         summary: dict[str, Any] = {}
+        progress = BranchesProgress(ctx.callbacks.on_progress, BRANCHES)  # "… · branch 2/3 (s 9/9, sa 4/9)"
         for branch in BRANCHES:
             ctx.callbacks.check_cancel()
             cfg = _phase_config(ctx.config, phase)[branch]
             ckpt = ctx.inputs[f"train_{branch}_{phase}"] / "best.pt"
             res = compute_cams(branch, ckpt, rows, feature_dir, ctx.output_dir / branch,
-                               canvas=ctx.config.extract.size, device=cfg.device, callbacks=ctx.callbacks)
+                               canvas=ctx.config.extract.size, device=cfg.device,
+                               callbacks=dataclasses.replace(ctx.callbacks, progress=progress.for_branch(branch)))
             summary[branch] = _jsonable(res)
         ctx.summary = summary
 

@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 
 from worker.settings import Settings
 
+from .browser_stack import Processes, free_port
 from .conftest import TOKEN, csrf_of, login
-from .test_browser import Processes, free_port
 
 LIMIT = 10
 

@@ -9,96 +9,28 @@ from its page and see it succeed. Screenshots go to the ``artifacts_dir`` fixtur
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from .browser_stack import CHROMIUM, CHROMIUM_ARGS, dashboard_and_worker, wait_for, wait_js
 from .conftest import TOKEN
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 FAILING_STAGE = "train_st_coarse"
 WATCHED_STAGE = "train_s_coarse"
 WATCHED_EPOCHS = 100  # a tiny epoch on the synthetic set takes ~0.2 s: leave time to watch (and zoom)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Child processes in their own process groups, all killed at teardown whatever happens."""
-
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
 @pytest.fixture
 def stack(tmp_path: Path, synth_root: Path) -> Iterator[str]:
     """gunicorn + one worker on the embedded defaults; yields the dashboard's base URL."""
-    home = tmp_path / "home"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
-    env.update(STAPIPE_HOME=str(home), STAPIPE_DATA_ROOT=str(synth_root.parent), STAPIPE_DASHBOARD_PASSWORD=TOKEN,
-               STAPIPE_FAULTS=f"{FAILING_STAGE}:1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    procs = Processes(home / "test-logs")
-    try:
-        subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                       capture_output=True, timeout=120)
-        procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                                 "--threads", "4", "dashboard.wsgi:app"], env)
-        procs.start("worker", [sys.executable, "-m", "worker.cli", "worker", "--queues", "cpu,gpu",
-                               "--concurrency", "1", "--hostname", "e2e@test"], env)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the dashboard did not start"
-            time.sleep(0.3)
+    with dashboard_and_worker(tmp_path / "home", synth_root.parent, "e2e@test",
+                              STAPIPE_FAULTS=f"{FAILING_STAGE}:1") as base:
         yield base
-    finally:
-        procs.stop()
-        for log in sorted((home / "test-logs").glob("*.log")):
-            print(f"---- {log.name} (tail) ----\n" + log.read_text(errors="replace")[-3000:])
 
 
 @pytest.fixture
@@ -122,22 +54,6 @@ def api(stack: str, path: str) -> dict:
     r = requests.get(f"{stack}/api/v1{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     r.raise_for_status()
     return r.json()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
-def wait_js(page, expression: str, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll a JS expression from Python: page.wait_for_function evaluates strings inside the page,
-    which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly forbids."""
-    return wait_for(lambda: page.evaluate(expression), timeout, what)
 
 
 def test_submit_watch_fail_rerun_in_a_real_browser(stack: str, page, artifacts_dir: Path,  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
+from .browser_stack import CHROMIUM, CHROMIUM_ARGS
 from .conftest import TOKEN
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser]
 

@@ -7,9 +7,7 @@ are all reused. Screenshots go to test-artifacts/dashboard-researcher/.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from .browser_stack import CHROMIUM, CHROMIUM_ARGS, dashboard_and_worker, wait_for, wait_js
 from .conftest import TOKEN
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, Processes, free_port, wait_for, wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 FAST = {"coarse.s.epochs": 2, "coarse.sa.epochs": 1, "coarse.st.epochs": 1, "fine.s.epochs": 1,
@@ -28,33 +26,8 @@ FAST = {"coarse.s.epochs": 2, "coarse.sa.epochs": 1, "coarse.st.epochs": 1, "fin
 
 @pytest.fixture
 def stack(tmp_path: Path, synth_root: Path) -> Iterator[str]:
-    home = tmp_path / "home"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
-    env.update(STAPIPE_HOME=str(home), STAPIPE_DATA_ROOT=str(synth_root.parent), STAPIPE_DASHBOARD_PASSWORD=TOKEN,
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    procs = Processes(home / "test-logs")
-    try:
-        subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                       capture_output=True, timeout=120)
-        procs.start("gunicorn", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                                 "--threads", "4", "dashboard.wsgi:app"], env)
-        procs.start("worker", [sys.executable, "-m", "worker.cli", "worker", "--queues", "cpu,gpu",
-                               "--concurrency", "1", "--hostname", "researcher@test"], env)
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _up(base), 60, "the dashboard")
+    with dashboard_and_worker(tmp_path / "home", synth_root.parent, "researcher@test") as base:
         yield base
-    finally:
-        procs.stop()
-        for log in sorted((home / "test-logs").glob("*.log")):
-            print(f"---- {log.name} (tail) ----\n" + log.read_text(errors="replace")[-3000:])
-
-
-def _up(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def call(stack: str, method: str, path: str, **kw) -> dict:  # type: ignore[no-untyped-def]
@@ -103,6 +76,10 @@ def test_workers_reuse_charts_compare_clone(stack: str, artifacts_dir: Path, syn
                                  ["text"] or ""), 600, "training progress")
         assert text.startswith("epoch ") and " · batch " in text and "/2 · " in text, text
         finished(stack, a["id"])
+        # a CAM stage's progress covers its three branches, not just the last one's batches
+        for kind in ("cams_coarse", "cams_fine"):
+            cams = call(stack, "GET", f"/stages/{stages_a[kind]['id']}")["progress"]["text"] or ""
+            assert re.fullmatch(r"(\d+)/\1 CAM batches · branch 3/3 \(s (\d+)/\2, sa (\d+)/\3, st (\d+)/\4\)", cams), cams
 
         # clone and edit: the form is pre-filled from pipeline A; change the STA learning rate
         page.goto(f"{stack}/pipelines/{a['id']}")

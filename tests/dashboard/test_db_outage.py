@@ -76,7 +76,7 @@ def test_outage_page_in_a_real_browser(dashboards, artifacts_dir: Path) -> None:
     """What a person sees while the database is down: gunicorn on PostgreSQL, Chromium."""
     from playwright.sync_api import sync_playwright
 
-    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+    from .browser_stack import CHROMIUM, CHROMIUM_ARGS
 
     with fresh_pg_database("stapipe_outage") as url:
         from db.migrate import upgrade

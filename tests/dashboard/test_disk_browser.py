@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from worker.settings import Settings
 
+from .browser_stack import CHROMIUM, CHROMIUM_ARGS, wait_js
 from .conftest import TOKEN, add_artefact, make_pipeline, stage_of
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, wait_js
 from .test_commands import server  # noqa: F401  (fixture)
 from .test_disk import write_dataset
 

@@ -26,17 +26,23 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def at_chance_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A real SA record: random init (so the from-scratch recipe), 1 epoch at a tiny lr → at chance."""
-    root = tmp_path_factory.mktemp("sa")
-    feat = root / "features"
-    feat.mkdir()
+def three_class_features(feat: Path) -> dict[str, list]:
+    """Six 3-s feature files in ``feat``, two per class: one train and one val row each."""
+    feat.mkdir(parents=True)
     rows: dict[str, list] = {"train": [], "val": []}
     for c in range(3):
         for j in range(2):
             write_features(feat / f"v{c}{j}.h5", c, seconds=3, seed=10 * c + j)
             rows["val" if j else "train"].append(make_row(f"v{c}{j}", c, 0, 3))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def at_chance_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real SA record: random init (so the from-scratch recipe), 1 epoch at a tiny lr → at chance."""
+    root = tmp_path_factory.mktemp("sa")
+    feat = root / "features"
+    rows = three_class_features(feat)
     cfg = TrainConfig(backbone="resnet18", input_size=32, epochs=1, batch_size=9, lr=1e-4, workers=0,
                       device="cpu")
     result = train_branch("sa", rows, feat, root / "out", cfg, use_cache=False)
@@ -78,7 +84,8 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
                  artifacts_dir / "health-warnings")
 
 
-def _screenshots(client: FlaskClient, paths: list[str], out: Path) -> None:
+def _screenshots(client: FlaskClient, paths: list[str], out: Path,
+                 wait_for: str = ".flash.warning, [data-warning]") -> None:
     """Render pages in Chromium; every request (CSS, JS, API polls) is answered by the test client."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (make install puts it there)")
@@ -98,7 +105,7 @@ def _screenshots(client: FlaskClient, paths: list[str], out: Path) -> None:
             page.route("http://dash.test/**", serve)
             for i, path in enumerate(paths):
                 page.goto(f"http://dash.test{path}")
-                page.wait_for_selector(".flash.warning, [data-warning]")
+                page.wait_for_selector(wait_for)
                 page.screenshot(path=str(out / f"{i + 1:02d}-{path.strip('/').replace('/', '-')}.png"), full_page=True)
         finally:
             browser.close()

@@ -21,8 +21,8 @@ from werkzeug.serving import make_server
 
 from worker.settings import Settings
 
+from .browser_stack import CHROMIUM, CHROMIUM_ARGS
 from .conftest import TOKEN, install_evaluation, make_pipeline
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

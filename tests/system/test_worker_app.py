@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from .conftest import ROOT
 
@@ -26,7 +30,7 @@ def test_long_task_settings(home) -> None:
     assert conf.broker_transport_options["visibility_timeout"] == 7200 > conf.task_time_limit == 3600
     assert conf.visibility_timeout == 7200 and conf.result_backend_transport_options["visibility_timeout"] == 7200
     embedded = make_app(Settings(home=home)).conf
-    assert embedded.broker_url == "filesystem://"
+    assert embedded.broker_url == "filesystem://localhost//"
     assert embedded.broker_transport_options["store_processed"] is True
 
 
@@ -69,3 +73,20 @@ def test_message_exists_finds_waiting_and_prioritised_messages_in_redis(home, mo
         monkeypatch.undo()
         redis.Redis.from_url(settings.broker).delete(queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9)))
         app.close()
+
+
+@pytest.mark.parametrize("broker_url", [None, "filesystem://"])
+def test_embedded_broker_sends_without_kombu_hostname_warning(tmp_path: Path, broker_url: str | None) -> None:
+    """A real send on the filesystem broker, logging on as in ``stapipe run``: the message lands in
+    the queue folder and kombu prints no "No hostname was supplied" (a bare URL is given a host)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
+    env.update(STAPIPE_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    if broker_url:
+        env["STAPIPE_BROKER_URL"] = broker_url
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "from worker.celery_app import send; send('stage', 1, 'cpu', 'token-1')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    (msg,) = (tmp_path / "broker" / "queue").iterdir()
+    assert msg.name.endswith(".cpu.msg") and "token-1" in msg.read_text()
+    assert "No hostname" not in out.stdout + out.stderr, out.stderr
