@@ -10,8 +10,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
+from stapipe_settings import Settings
 from worker.disk import pipeline_usage
-from worker.settings import Settings
 
 from . import disk, jobs, queries
 from .config_form import ConfigErrors

@@ -8,7 +8,7 @@ from datetime import timedelta
 from flask import Flask
 from werkzeug.routing import IntegerConverter
 
-from worker.settings import Settings, get_settings
+from stapipe_settings import Settings, get_settings
 
 from . import (
     api,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.settings import get_settings
+from stapipe_settings import get_settings
 
 
 def register(sub: Any) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from stapipe_settings import Settings
 from worker.embedded import url_path
-from worker.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Artefact, Pipeline, Stage
 from sta_models import evaluation_result as R
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 OVERLAY_SUFFIX = "_overlay"
 

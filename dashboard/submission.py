@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sta_models.config import PRESETS, PipelineConfig
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .config_form import ConfigErrors, PathRoots, build_config
 from .paths import PathRejected, resolve_dataset_root

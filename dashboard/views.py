@@ -12,8 +12,8 @@ from typing import Any
 from flask import url_for
 
 from db.models import Artefact, Pipeline, Stage, StageStatus
+from stapipe_settings import Settings
 from worker.progress import progress_text
-from worker.settings import Settings
 
 from .formatting import duration_s, iso
 from .paths import display_dataset_root

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.settings import Settings, get_settings
+from stapipe_settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

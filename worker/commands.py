@@ -113,7 +113,7 @@ def build_config(preset_name: str, overrides: list[str]) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from db.migrate import upgrade
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     settings = get_settings()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -175,8 +175,8 @@ def _announce(settings: Any) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from db.migrate import upgrade
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
-    from worker.settings import get_settings
 
     settings = get_settings()
     upgrade(settings.db_url)
@@ -231,9 +231,9 @@ def _local_workers_needed(settings: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
     from worker.follow import follow
-    from worker.settings import get_settings
 
     settings = get_settings()
     dataset = args.dataset.expanduser().resolve()
@@ -253,10 +253,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from sta_models.synth import generate
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
     from worker.follow import follow
     from worker.report import evaluation_table
-    from worker.settings import get_settings
 
     settings = get_settings()
     dataset = settings.data_dir / f"synthetic-{args.classes}x{args.videos_per_class}x{args.seconds}s"

@@ -26,11 +26,11 @@ from db.models import ExtractionItem, ItemStatus, Stage, utcnow
 from db.session import dispose_engines, session_scope
 from db.transient import DatabaseUnavailable, retry
 from sta_models.jsonio import finite_json
+from stapipe_settings import get_settings
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.devices import check_stage_devices
 from worker.faults import maybe_inject
 from worker.logs import append_line
-from worker.settings import get_settings
 from worker.stage_runner import (
     FanOut,
     StageContext,

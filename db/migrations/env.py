@@ -16,7 +16,7 @@ def _url() -> str:
         return x["url"]
     if config.get_main_option("sqlalchemy.url"):
         return config.get_main_option("sqlalchemy.url")  # type: ignore[return-value]
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     return get_settings().db_url
 

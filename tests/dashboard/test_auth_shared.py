@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import TOKEN, csrf_of, login
 from .test_browser import Processes, free_port

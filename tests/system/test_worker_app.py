@@ -16,8 +16,8 @@ def test_worker_parent_never_imports_torch() -> None:
 
 
 def test_long_task_settings(home) -> None:
+    from stapipe_settings import Settings
     from worker.celery_app import make_app
-    from worker.settings import Settings
 
     s = Settings(broker_url="redis://127.0.0.1:6379/0", task_time_limit_s=3600)
     conf = make_app(s).conf
