@@ -10,11 +10,12 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
+from sta_models.config import DEFAULT_PRESET
+from sta_models.config_overrides import ConfigErrors
 from stapipe_settings import Settings
 from worker.disk import pipeline_usage
 
 from . import disk, jobs, queries
-from .config_form import ConfigErrors
 from .database import db_session
 from .errors import FieldErrors
 from .formatting import duration_s, iso
@@ -105,7 +106,7 @@ def create_pipeline():  # type: ignore[no-untyped-def]
     try:
         sub = validate(
             settings(), name=body.get("name"), dataset_root=body.get("dataset_root"),
-            preset=body.get("preset", "tiny"), overrides=body.get("overrides"),
+            preset=body.get("preset", DEFAULT_PRESET), overrides=body.get("overrides"),
         )
     except ConfigErrors as exc:
         raise FieldErrors(exc.fields, "The pipeline was not created: some values are invalid.") from None
@@ -129,7 +130,7 @@ def estimate_disk():  # type: ignore[no-untyped-def]
         raise FieldErrors({"overrides": "not JSON"}) from None
     try:
         sub = validate(settings(), name=args.get("name") or "estimate", dataset_root=args.get("dataset_root"),
-                       preset=args.get("preset", "tiny"), overrides=overrides)
+                       preset=args.get("preset", DEFAULT_PRESET), overrides=overrides)
     except ConfigErrors as exc:
         raise FieldErrors(exc.fields, "No estimate: some values are invalid.") from None
     try:

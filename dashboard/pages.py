@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from werkzeug.exceptions import Conflict, NotFound
 
 from db.models import Pipeline
-from sta_models.config import PRESETS, PipelineConfig
+from sta_models.config import DEFAULT_PRESET, PRESETS, PipelineConfig
+from sta_models.config_overrides import ConfigErrors
 from sta_models.evaluation_result import METRIC_LABELS
 from worker.disk import pipeline_usage
 
@@ -24,7 +25,6 @@ from .config_form import (
     OTHER_FIELDS,
     TRAIN_FIELDS,
     TRAIN_GROUPS,
-    ConfigErrors,
     flatten,
     form_field_names,
     presets_for_form,
@@ -88,7 +88,7 @@ def clone_values(p: Pipeline) -> dict[str, Any]:
     """The form filled from ``p``: its name + " (copy)", dataset folder, preset and every setting."""
     values: dict[str, Any] = {"name": f"{p.name} (copy)"[:200],
                               "dataset_root": display_dataset_root(p.dataset_root, settings().data_dir),
-                              "preset": (p.config or {}).get("preset", "tiny")}
+                              "preset": (p.config or {}).get("preset", DEFAULT_PRESET)}
     try:
         values.update(flatten(PipelineConfig.model_validate(p.config)))
     except ValidationError:
@@ -106,8 +106,8 @@ def hidden_settings(p: Pipeline) -> dict[str, Any]:
 def new_pipeline():  # type: ignore[no-untyped-def]
     source = clone_source(request.values.get("from"))
     if request.method == "GET":
-        values = {"name": "", "dataset_root": request.args.get("dataset_root", ""), "preset": "tiny",
-                  **presets_for_form()["tiny"]}
+        values = {"name": "", "dataset_root": request.args.get("dataset_root", ""), "preset": DEFAULT_PRESET,
+                  **presets_for_form()[DEFAULT_PRESET]}
         if source is not None:
             values.update(clone_values(source))
         return _form_page({k: str(v) for k, v in values.items()}, {}, source=source)

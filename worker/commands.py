@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from sta_models.config import DEFAULT_PRESET, PRESETS, PipelineConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("run", help="submit a full pipeline and follow it in the terminal")
-    _pipeline_args(p, default_preset="tiny")
+    _pipeline_args(p, default_preset=DEFAULT_PRESET)
     p.add_argument("--dataset", required=True, type=Path, help="AVE-layout dataset folder")
     p.add_argument("--workers", type=int, default=0,
                    help="start this many local worker processes for the run (0: use running workers; "
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _pipeline_args(p: argparse.ArgumentParser, default_preset: str) -> None:
-    p.add_argument("--preset", default=default_preset, choices=("tiny", "demo", "paper"))
+    p.add_argument("--preset", default=default_preset, choices=PRESETS)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (JSON value; '*' matches every branch: coarse.*.epochs=1)")
     p.add_argument("--name", default=None)
@@ -70,45 +71,16 @@ def _pipeline_args(p: argparse.ArgumentParser, default_preset: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``coarse.sa.epochs=1`` / ``sta.lr=0.01`` / ``coarse.*.epochs=1`` into a config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        path, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        keys = path.split(".")
-        targets = [config]
-        for key in keys[:-1]:
-            nxt = []
-            for t in targets:
-                if key == "*":
-                    nxt += [v for v in t.values() if isinstance(v, dict)]
-                elif isinstance(t.get(key), dict):
-                    nxt.append(t[key])
-                else:
-                    raise SystemExit(f"--set {item!r}: no section {key!r}")
-            targets = nxt
-        for t in targets:
-            if keys[-1] not in t:
-                raise SystemExit(f"--set {item!r}: unknown key {keys[-1]!r}")
-            t[keys[-1]] = value
-    return config
+def build_config(preset_name: str, overrides: list[str]) -> PipelineConfig:
+    """The preset plus ``--set`` items, through the same parser and wildcard rule as the dashboard."""
+    from sta_models.config_overrides import ConfigErrors, config_from_overrides, parse_set_options
 
-
-def build_config(preset_name: str, overrides: list[str]) -> Any:
-    from pydantic import ValidationError
-
-    from sta_models.config import PipelineConfig, preset
-
-    cfg = apply_overrides(preset(preset_name).model_dump(mode="json"), overrides)
     try:
-        return PipelineConfig.model_validate(cfg)
-    except ValidationError as exc:
-        raise SystemExit(f"invalid configuration:\n{exc}") from exc
+        return config_from_overrides(preset_name, parse_set_options(overrides))
+    except ConfigErrors as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    except ValueError as exc:  # an item without '='
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
