@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, Map
 
 from stapipe_settings import Settings, get_settings
 
@@ -33,7 +34,7 @@ class DatabaseId(IntegerConverter):
     """``<int:…>`` limited to the database's INTEGER ids (1 … 2³¹−1): a larger id is a 404, not an
     overflow in the query."""
 
-    def __init__(self, map, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:  # noqa: A002
         kwargs.setdefault("min", 1)
         kwargs.setdefault("max", 2**31 - 1)
         super().__init__(map, *args, **kwargs)
