@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         MAX_CONTENT_LENGTH=1024 * 1024,  # forms and JSON bodies are small; refuse big uploads early
     )
     app.url_map.converters["int"] = DatabaseId  # every <int:…> id: 404 beyond the database's range
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in a readable order
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # typed as JSONProvider; the default one has it. Keeps fields in a readable order
     app.extensions["stapipe"] = {"settings": settings, "token": token}
     if not testing:
         _announce_token(settings, generated)

@@ -12,7 +12,7 @@ from typing import Any
 from sta_models.config import DEFAULT_PRESET, PRESETS, PipelineConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a Celery worker (queues cpu and/or gpu)")
     p.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu, gpu (default both)")
     p.add_argument("--concurrency", type=int, default=None,

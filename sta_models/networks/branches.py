@@ -9,15 +9,17 @@ logits used for the frame's prediction — for ST both come from the **centre** 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sta_models.networks.audio import AudioNet
-from sta_models.networks.backbones import Backbone
+from sta_models.networks.backbones import Backbone, Stage
 from sta_models.networks.blocks import AttentionGate, ConvGRUStep, init_new_layers
 
 NUM_CLASSES = 28  # the AVE categories (SPEC §1); class ids are positions in that list
@@ -109,7 +111,7 @@ class BranchNet(nn.Module):
     """Common parts: backbone (+ audio net) = pretrained modules, the rest = new layers."""
 
     kind = ""
-    until = "layer4"
+    until: Stage = "layer4"
 
     def __init__(self, backbone: str, num_classes: int, backbone_weights: str | Path | None,
                  use_cache: bool = True) -> None:
@@ -132,7 +134,7 @@ class BranchNet(nn.Module):
     def logit_layers(self) -> list[nn.Module]:
         """The layers whose output is the class map x1 (kept small by the from-scratch recipe)."""
         head = getattr(self, "head", None)
-        return [head[-1]] if isinstance(head, nn.Sequential) else [self.cls]
+        return [head[-1]] if isinstance(head, nn.Sequential) else [cast(nn.Module, self.cls)]
 
     def weights_record(self) -> dict[str, str]:
         rec = {"backbone": self.backbone.source}
@@ -163,6 +165,8 @@ class SBranch(BranchNet):
 
 class SABranch(BranchNet):
     """SA: frame + its second of audio, backbone to layer4, audio mask m (SPEC §3)."""
+
+    audio: AudioNet  # always built here (BranchNet's is None for the audio-free branches)
 
     kind = "sa"
 
@@ -243,7 +247,7 @@ def branch_loss(out: BranchOutput, target: torch.Tensor, kind: str) -> torch.Ten
     """S/SA: CE(l1) + CE(l2); ST: 0.4·Σ_k CE(x_k) + 0.6·Σ_k CE(x_kk) (fp32 logits)."""
     ce = [F.cross_entropy(logit.float(), target) for logit in out.logits]
     if kind == "st":
-        return ST_WEIGHTS[0] * sum(ce[:3]) + ST_WEIGHTS[1] * sum(ce[3:])
+        return ST_WEIGHTS[0] * reduce(add, ce[:3]) + ST_WEIGHTS[1] * reduce(add, ce[3:])
     return ce[0] + ce[1]
 
 
