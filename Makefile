@@ -38,8 +38,11 @@ system-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing fonts-dejavu-core; \
 	fi
 
+# ruff, then mypy over sta_models, db, worker, dashboard and stapipe_settings ([tool.mypy] in
+# pyproject.toml; tests/test_typecheck.py runs the same check, so CI fails on a type error too).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 bench: install
 	$(PY) bench/run_all.py

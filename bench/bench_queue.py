@@ -60,8 +60,8 @@ def through_queue(dataset: Path, home: Path, size: int, procs: int) -> dict[str,
     from db.models import ExtractionItem, Stage
     from db.session import session_scope
     from sta_models.config import preset
+    from stapipe_settings import get_settings
     from worker import orchestration as orch
-    from worker.settings import get_settings
 
     settings = get_settings()
     upgrade(settings.db_url)
@@ -116,8 +116,8 @@ def orchestration_overhead(dataset: Path, rounds: int = 3) -> dict[str, float]:
     from db.models import Stage, utcnow
     from db.session import session_scope
     from sta_models.config import preset
+    from stapipe_settings import get_settings
     from worker import orchestration as orch
-    from worker.settings import get_settings
     from worker.stage_runner import claim_stage
 
     url = get_settings().db_url
@@ -163,7 +163,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="stapipe-bench-"))
     os.environ.setdefault("STAPIPE_HOME", str(home))
     from sta_models.synth import generate
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()

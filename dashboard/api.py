@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import NotFound
 
 from db.models import Pipeline, Stage
+from sta_models.config import DEFAULT_PRESET
+from sta_models.config_overrides import ConfigErrors
+from stapipe_settings import Settings
 from worker.disk import pipeline_usage
-from worker.settings import Settings
 
 from . import disk, jobs, queries
-from .config_form import ConfigErrors
 from .database import db_session
 from .errors import FieldErrors
 from .formatting import duration_s, iso
@@ -86,7 +88,7 @@ def openapi() -> Response:
 
 
 @bp.get("/pipelines")
-def list_pipelines():  # type: ignore[no-untyped-def]
+def list_pipelines() -> ResponseReturnValue:
     page = int_arg("page", 1, lo=1, hi=1_000_000)
     per_page = int_arg("per_page", 20, lo=1, hi=100)
     result = queries.list_pipelines(db_session(), page, per_page)
@@ -97,7 +99,7 @@ def list_pipelines():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/pipelines")
-def create_pipeline():  # type: ignore[no-untyped-def]
+def create_pipeline() -> ResponseReturnValue:
     body = json_object()
     unknown = sorted(set(body) - {"name", "dataset_root", "preset", "overrides"})
     if unknown:
@@ -105,7 +107,7 @@ def create_pipeline():  # type: ignore[no-untyped-def]
     try:
         sub = validate(
             settings(), name=body.get("name"), dataset_root=body.get("dataset_root"),
-            preset=body.get("preset", "tiny"), overrides=body.get("overrides"),
+            preset=body.get("preset", DEFAULT_PRESET), overrides=body.get("overrides"),
         )
     except ConfigErrors as exc:
         raise FieldErrors(exc.fields, "The pipeline was not created: some values are invalid.") from None
@@ -120,7 +122,7 @@ def create_pipeline():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/estimate")
-def estimate_disk():  # type: ignore[no-untyped-def]
+def estimate_disk() -> ResponseReturnValue:
     """Disk the pipeline would keep: same fields as a submission, as query parameters (overrides as JSON)."""
     args = request.args
     try:
@@ -129,7 +131,7 @@ def estimate_disk():  # type: ignore[no-untyped-def]
         raise FieldErrors({"overrides": "not JSON"}) from None
     try:
         sub = validate(settings(), name=args.get("name") or "estimate", dataset_root=args.get("dataset_root"),
-                       preset=args.get("preset", "tiny"), overrides=overrides)
+                       preset=args.get("preset", DEFAULT_PRESET), overrides=overrides)
     except ConfigErrors as exc:
         raise FieldErrors(exc.fields, "No estimate: some values are invalid.") from None
     try:
@@ -140,14 +142,14 @@ def estimate_disk():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/disk/gc")
-def gc_dry_run():  # type: ignore[no-untyped-def]
+def gc_dry_run() -> ResponseReturnValue:
     """What ``POST /disk/gc`` would delete now, and the bytes it would free."""
     intermediates = request.args.get("intermediates") in ("1", "true")
     return jsonify(disk.gc_json(disk.gc_plan(db_session(), settings(), intermediates), settings()))
 
 
 @bp.post("/disk/gc")
-def gc_collect():  # type: ignore[no-untyped-def]
+def gc_collect() -> ResponseReturnValue:
     body = json_object() if request.get_data() else {}
     intermediates = body.get("intermediates", False)
     if not isinstance(intermediates, bool):
@@ -157,19 +159,19 @@ def gc_collect():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/pipelines/<int:pipeline_id>")
-def get_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+def get_pipeline(pipeline_id: int) -> ResponseReturnValue:
     return jsonify(pipeline_detail(pipeline_or_404(pipeline_id)))
 
 
 @bp.post("/pipelines/<int:pipeline_id>/cancel")
-def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+def cancel_pipeline(pipeline_id: int) -> ResponseReturnValue:
     pipeline = pipeline_or_404(pipeline_id)
     jobs.cancel_pipeline(db_session(), pipeline)
     return jsonify(pipeline_detail(pipeline))
 
 
 @bp.get("/pipelines/<int:pipeline_id>/results")
-def pipeline_results(pipeline_id: int):  # type: ignore[no-untyped-def]
+def pipeline_results(pipeline_id: int) -> ResponseReturnValue:
     ev = evaluation(db_session(), pipeline_or_404(pipeline_id), settings())
     return jsonify(
         pipeline_id=pipeline_id, status=ev.stage.status if ev.stage else None, metrics=ev.metrics,
@@ -178,7 +180,7 @@ def pipeline_results(pipeline_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/stages/<int:stage_id>")
-def get_stage(stage_id: int):  # type: ignore[no-untyped-def]
+def get_stage(stage_id: int) -> ResponseReturnValue:
     stage = stage_or_404(stage_id)
     body = stage_json(stage)
     body["failed_items"] = [
@@ -188,14 +190,14 @@ def get_stage(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/stages/<int:stage_id>/cancel")
-def cancel_stage(stage_id: int):  # type: ignore[no-untyped-def]
+def cancel_stage(stage_id: int) -> ResponseReturnValue:
     stage = stage_or_404(stage_id)
     jobs.cancel_stage(db_session(), stage)
     return jsonify(stage_json(stage))
 
 
 @bp.get("/stages/<int:stage_id>/rerun-plan")
-def rerun_plan(stage_id: int):  # type: ignore[no-untyped-def]
+def rerun_plan(stage_id: int) -> ResponseReturnValue:
     stage = stage_or_404(stage_id)
     plan = jobs.rerun_plan(db_session(), stage)
     return jsonify(stage_id=stage.id, rerunnable=stage_json(stage)["rerunnable"],
@@ -203,14 +205,14 @@ def rerun_plan(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/stages/<int:stage_id>/rerun")
-def rerun_stage(stage_id: int):  # type: ignore[no-untyped-def]
+def rerun_stage(stage_id: int) -> ResponseReturnValue:
     stage = stage_or_404(stage_id)
     stages = jobs.rerun(db_session(), stage)
     return jsonify(stage_id=stage.id, stages=[{"id": s.id, "kind": s.kind, "status": s.status} for s in stages])
 
 
 @bp.get("/stages/<int:stage_id>/metrics")
-def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
+def stage_metrics(stage_id: int) -> ResponseReturnValue:
     since = int_arg("since", 0, lo=0)
     limit = int_arg("limit", 1000, lo=1, hi=queries.METRIC_PAGE_MAX)
     stage = stage_or_404(stage_id)
@@ -228,7 +230,7 @@ def stage_metrics(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/stages/<int:stage_id>/log")
-def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
+def stage_log(stage_id: int) -> ResponseReturnValue:
     lines = int_arg("lines", 200, lo=0, hi=5000)
     offset = int_arg("offset", -1, lo=0, hi=2**62)
     stage = stage_or_404(stage_id)
@@ -239,7 +241,7 @@ def stage_log(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/stages/<int:stage_id>/artefacts")
-def stage_artefacts(stage_id: int):  # type: ignore[no-untyped-def]
+def stage_artefacts(stage_id: int) -> ResponseReturnValue:
     stage = stage_or_404(stage_id)
     items = [artefact_json(a, settings()) for a in queries.artefacts_of(db_session(), data_stage(stage).id)]
     return jsonify(stage_id=stage.id, items=items, total_size=sum(a["size"] for a in items))

@@ -4,10 +4,11 @@ no CDN) instead of a YAML download. Outside ``/api/`` so a logged-out visitor ge
 from __future__ import annotations
 
 from flask import Blueprint, render_template
+from flask.typing import ResponseReturnValue
 
 bp = Blueprint("apidocs", __name__)
 
 
 @bp.get("/api-docs")
-def api_docs():  # type: ignore[no-untyped-def]
+def api_docs() -> ResponseReturnValue:
     return render_template("api_docs.html")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, Map
 
-from worker.settings import Settings, get_settings
+from stapipe_settings import Settings, get_settings
 
 from . import (
     api,
@@ -33,7 +34,7 @@ class DatabaseId(IntegerConverter):
     """``<int:…>`` limited to the database's INTEGER ids (1 … 2³¹−1): a larger id is a 404, not an
     overflow in the query."""
 
-    def __init__(self, map, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:  # noqa: A002
         kwargs.setdefault("min", 1)
         kwargs.setdefault("max", 2**31 - 1)
         super().__init__(map, *args, **kwargs)
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         MAX_CONTENT_LENGTH=1024 * 1024,  # forms and JSON bodies are small; refuse big uploads early
     )
     app.url_map.converters["int"] = DatabaseId  # every <int:…> id: 404 beyond the database's range
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in a readable order
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # typed as JSONProvider; the default one has it. Keeps fields in a readable order
     app.extensions["stapipe"] = {"settings": settings, "token": token}
     if not testing:
         _announce_token(settings, generated)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, flash, redirect, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import Conflict
 
@@ -60,7 +61,7 @@ def benchmark_view(session: Session, pipeline: Pipeline) -> BenchmarkView:
 
 
 @bp.post("/pipelines/<int:pipeline_id>/benchmark")
-def start(pipeline_id: int):  # type: ignore[no-untyped-def]
+def start(pipeline_id: int) -> ResponseReturnValue:
     from worker import orchestration
 
     p = pipeline_or_404(pipeline_id)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.settings import get_settings
+from sta_models.config import DEFAULT_PRESET, PRESETS
+from stapipe_settings import get_settings
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("submit", help="submit a pipeline through the dashboard API")
     p.add_argument("--dataset", required=True, help="dataset folder inside the data root")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "demo", "paper"))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
     p.add_argument("--name", default=None, help="pipeline name (default: the dataset folder's name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. coarse.s.epochs=3 or 'coarse.*.lr=0.001' (repeatable)")
@@ -112,7 +113,7 @@ def _print_pipeline_row(p: dict[str, Any]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .config_form import parse_set_option
+    from sta_models.config_overrides import parse_set_option
 
     overrides: dict[str, Any] = {}
     for item in args.overrides:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 
@@ -113,11 +114,11 @@ def comparison(session: Session, ids: list[int]) -> dict[str, Any]:
 
 
 @bp.get("/compare")
-def compare_page():  # type: ignore[no-untyped-def]
+def compare_page() -> ResponseReturnValue:
     body = comparison(db_session(), pipeline_ids_arg())
     return render_template("compare.html", c=body, labels=METRIC_LABELS)
 
 
 @bp.get("/api/v1/compare")
-def compare_api():  # type: ignore[no-untyped-def]
+def compare_api() -> ResponseReturnValue:
     return jsonify(comparison(db_session(), pipeline_ids_arg()))

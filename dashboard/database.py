@@ -9,6 +9,8 @@ state-changing requests take the write lock up front. PostgreSQL is unaffected.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, current_app, g, has_request_context, request
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +21,7 @@ from db.session import make_engine
 READ_METHODS = ("GET", "HEAD")
 
 
-def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_begin(conn: Any) -> None:  # a DBAPI connection (sqlite3.Connection)
     reading = has_request_context() and request.method in READ_METHODS
     conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from sta_models.ave import load_dataset
 from sta_models.config import PipelineConfig
 from sta_models.disk_estimate import DatasetSize, estimate
+from stapipe_settings import Settings
 from worker import disk
-from worker.settings import Settings
 
 
 def estimate_json(config: PipelineConfig, dataset_root: str) -> dict[str, Any]:

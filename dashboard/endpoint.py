@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from stapipe_settings import Settings
 from worker.embedded import url_path
-from worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ def resolve(settings: Settings, url: str | None = None, token: str | None = None
             u, us = settings.api_url, f"the default (no STAPIPE_API_URL, no {path}: is `stapipe up` running?)"
         if not u:
             u, us = settings.api_url, "the default"
+    t: str | None
     if token:
         t, ts = token, "--token"
     elif settings.dashboard_password:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask import Flask, Response, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 from db.transient import is_transient
 
@@ -34,32 +35,32 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/healthz"
 
 
-def _respond(code: int, name: str, message: str, fields: dict[str, str] | None = None, headers: Any = None):  # type: ignore[no-untyped-def]
+def _respond(code: int, name: str, message: str, fields: dict[str, str] | None = None, headers: Any = None) -> ResponseReturnValue:
     if _wants_json():
         body: dict[str, Any] = {"error": name, "message": message}
         if fields:
             body["fields"] = fields
-        response = jsonify(body)
+        response: Response | str = jsonify(body)
     else:
         response = render_template("error.html", code=code, name=name, message=message, fields=fields or {})
     return response, code, headers or {}
 
 
-def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
     headers = {}
     if exc.code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="stapipe"'
     retry_after = getattr(exc, "retry_after", None)
     if retry_after:
         headers["Retry-After"] = str(retry_after)
-    if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-        headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
     return _respond(
         exc.code or 500, exc.name, exc.description or exc.name, getattr(exc, "fields", None), headers
     )
 
 
-def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+def _unexpected(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     if is_transient(exc):  # a database blip or outage is the server's state, not a bug: 503, retry

@@ -12,6 +12,7 @@ import mimetypes
 from pathlib import Path
 
 from flask import Blueprint, current_app, request, send_file
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import NotFound
 
 from db.models import Artefact
@@ -30,7 +31,7 @@ def artefact_path(a: Artefact) -> Path | None:
 
 
 @bp.get("/artefacts/<int:artefact_id>/file")
-def artefact_file(artefact_id: int):  # type: ignore[no-untyped-def]
+def artefact_file(artefact_id: int) -> ResponseReturnValue:
     artefact = queries.get_artefact(db_session(), artefact_id)
     if artefact is None:
         raise NotFound(f"no artefact {artefact_id}")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import Conflict
 
 from db.models import FINAL_STATES, Pipeline, Stage
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .views import RERUNNABLE
 

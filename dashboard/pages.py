@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import Conflict, NotFound
 
 from db.models import Pipeline
-from sta_models.config import PRESETS, PipelineConfig
+from sta_models.config import DEFAULT_PRESET, PRESETS, PipelineConfig
+from sta_models.config_overrides import ConfigErrors
 from sta_models.metric_table import LABELS as METRIC_LABELS
 from sta_models.metric_table import LOWER_IS_BETTER
 from worker.disk import pipeline_usage
@@ -26,7 +28,6 @@ from .config_form import (
     OTHER_FIELDS,
     TRAIN_FIELDS,
     TRAIN_GROUPS,
-    ConfigErrors,
     flatten,
     form_field_names,
     presets_for_form,
@@ -46,7 +47,7 @@ PREVIEW_LIMIT = 48
 
 
 @bp.get("/")
-def pipelines():  # type: ignore[no-untyped-def]
+def pipelines() -> ResponseReturnValue:
     page = int_arg("page", 1, lo=1, hi=1_000_000)
     session = db_session()
     result = queries.list_pipelines(session, page, 20)
@@ -57,8 +58,8 @@ def pipelines():  # type: ignore[no-untyped-def]
                            warnings=queries.stage_warnings(session, [p.id for p, _ in result.items]))
 
 
-def _form_page(values: dict[str, str], errors: dict[str, str], status: int = 200,  # type: ignore[no-untyped-def]
-               source: Pipeline | None = None):
+def _form_page(values: dict[str, str], errors: dict[str, str], status: int = 200,
+               source: Pipeline | None = None) -> ResponseReturnValue:
     return render_template(
         "new_pipeline.html", values=values, errors=errors, presets=PRESETS, source=source,
         datasets=dataset_folders(settings().data_dir),
@@ -90,7 +91,7 @@ def clone_values(p: Pipeline) -> dict[str, Any]:
     """The form filled from ``p``: its name + " (copy)", dataset folder, preset and every setting."""
     values: dict[str, Any] = {"name": f"{p.name} (copy)"[:200],
                               "dataset_root": display_dataset_root(p.dataset_root, settings().data_dir),
-                              "preset": (p.config or {}).get("preset", "tiny")}
+                              "preset": (p.config or {}).get("preset", DEFAULT_PRESET)}
     try:
         values.update(flatten(PipelineConfig.model_validate(p.config)))
     except ValidationError:
@@ -105,11 +106,11 @@ def hidden_settings(p: Pipeline) -> dict[str, Any]:
 
 
 @bp.route("/pipelines/new", methods=["GET", "POST"])
-def new_pipeline():  # type: ignore[no-untyped-def]
+def new_pipeline() -> ResponseReturnValue:
     source = clone_source(request.values.get("from"))
     if request.method == "GET":
-        values = {"name": "", "dataset_root": request.args.get("dataset_root", ""), "preset": "tiny",
-                  **presets_for_form()["tiny"]}
+        values = {"name": "", "dataset_root": request.args.get("dataset_root", ""), "preset": DEFAULT_PRESET,
+                  **presets_for_form()[DEFAULT_PRESET]}
         if source is not None:
             values.update(clone_values(source))
         return _form_page({k: str(v) for k, v in values.items()}, {}, source=source)
@@ -130,7 +131,7 @@ def new_pipeline():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/pipelines/<int:pipeline_id>")
-def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+def pipeline(pipeline_id: int) -> ResponseReturnValue:
     p = pipeline_or_404(pipeline_id)
     session = db_session()
     stages = queries.stages_of(session, p.id)
@@ -147,7 +148,7 @@ def pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/pipelines/<int:pipeline_id>/cancel")
-def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
+def cancel_pipeline(pipeline_id: int) -> ResponseReturnValue:
     p = pipeline_or_404(pipeline_id)
     try:
         jobs.cancel_pipeline(db_session(), p)
@@ -158,7 +159,7 @@ def cancel_pipeline(pipeline_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/stages/<int:stage_id>")
-def stage(stage_id: int):  # type: ignore[no-untyped-def]
+def stage(stage_id: int) -> ResponseReturnValue:
     s = stage_or_404(stage_id)
     session = db_session()
     src = data_stage(s)
@@ -179,7 +180,7 @@ def stage(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.route("/stages/<int:stage_id>/rerun", methods=["GET", "POST"])
-def rerun(stage_id: int):  # type: ignore[no-untyped-def]
+def rerun(stage_id: int) -> ResponseReturnValue:
     s = stage_or_404(stage_id)
     session = db_session()
     if request.method == "POST":
@@ -195,7 +196,7 @@ def rerun(stage_id: int):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/disk")
-def disk_page():  # type: ignore[no-untyped-def]
+def disk_page() -> ResponseReturnValue:
     session, cfg = db_session(), settings()
     modes = [
         {"key": "orphans", "title": "Orphan folders",
@@ -210,14 +211,14 @@ def disk_page():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/disk/gc")
-def disk_gc():  # type: ignore[no-untyped-def]
+def disk_gc() -> ResponseReturnValue:
     freed, done = disk.gc_run(db_session(), settings(), request.form.get("intermediates") == "1")
     flash(f"Deleted {len(done)} folder(s), freed {human_size(freed)}.")
     return redirect(url_for("pages.disk_page"))
 
 
 @bp.get("/pipelines/<int:pipeline_id>/results")
-def results(pipeline_id: int):  # type: ignore[no-untyped-def]
+def results(pipeline_id: int) -> ResponseReturnValue:
     p = pipeline_or_404(pipeline_id)
     ev = evaluation(db_session(), p, settings())
     r = ev.result

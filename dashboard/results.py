@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Artefact, Pipeline, Stage
 from sta_models import evaluation_result as R
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 OVERLAY_SUFFIX = "_overlay"
 
@@ -68,9 +68,9 @@ def evaluation(session: Session, pipeline: Pipeline, settings: Settings) -> Eval
             ev.overlays[_video_of_overlay(a)] = j["url"]
     if ev.result is not None:
         for s in ev.result.strips:
-            a = by_rel.get(s.file)
-            if a is not None:
-                ev.strips[s.video] = {**vars(s), "url": artefact_json(a, settings)["url"]}
+            strip_file = by_rel.get(s.file)
+            if strip_file is not None:
+                ev.strips[s.video] = {**vars(s), "url": artefact_json(strip_file, settings)["url"]}
     return ev
 
 

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 TOKEN_FILE = "dashboard_token"
 SECRET_KEY_FILE = "dashboard_secret_key"

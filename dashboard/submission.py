@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sta_models.config import PRESETS, PipelineConfig
-from worker.settings import Settings
+from sta_models.config_overrides import ConfigErrors
+from stapipe_settings import Settings
 
-from .config_form import ConfigErrors, PathRoots, build_config
+from .config_form import PathRoots, build_config
 from .paths import PathRejected, resolve_dataset_root
 
 NAME_MAX = 200

@@ -12,8 +12,8 @@ from typing import Any
 from flask import url_for
 
 from db.models import Artefact, Pipeline, Stage, StageStatus
+from stapipe_settings import Settings
 from worker.progress import progress_text
-from worker.settings import Settings
 
 from .formatting import duration_s, iso
 from .paths import display_dataset_root
@@ -72,11 +72,16 @@ def stage_json(s: Stage) -> dict[str, Any]:
     }
 
 
+def _pipeline_config(s: Stage) -> dict[str, Any] | None:
+    pipeline: Pipeline | None = s.pipeline  # None for a Stage not (yet) attached to a pipeline
+    return pipeline.config if pipeline is not None else None
+
+
 def stage_progress(s: Stage) -> dict[str, Any]:
     """Counters plus ``text`` ("epoch 3/6 · batch 40/88"), the phrase every page shows."""
     return {"done": s.progress_done, "failed": s.progress_failed, "total": s.progress_total,
             "what": s.progress_what,
-            "text": progress_text(s.kind, (s.pipeline.config if s.pipeline else None), s.progress_done,
+            "text": progress_text(s.kind, _pipeline_config(s), s.progress_done,
                                   s.progress_total, s.progress_what, s.progress_failed)}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template, url_for
+from flask.typing import ResponseReturnValue
 
 from db.models import Stage
 from worker.registry import ONLINE_S, WorkerInfo, queues_served, unserved_message, workers
@@ -38,14 +39,14 @@ def unserved_queues(stages: list[Stage]) -> dict[str, str]:
 
 
 @bp.get("/workers")
-def workers_page():  # type: ignore[no-untyped-def]
+def workers_page() -> ResponseReturnValue:
     items = workers(db_session(), include_offline=True)
     return render_template("workers.html", workers=items, online_s=ONLINE_S, queues=[str(q) for q in Queue],
                            served=sorted({q for w in items if w.online for q in w.queues}))
 
 
 @bp.get("/api/v1/workers")
-def workers_api():  # type: ignore[no-untyped-def]
+def workers_api() -> ResponseReturnValue:
     items = workers(db_session(), include_offline=True)
     return jsonify(items=[worker_json(w) for w in items], online=sum(w.online for w in items),
                    queues_served=sorted({q for w in items if w.online for q in w.queues}),

@@ -25,7 +25,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     on SQLite the first writer holds the database lock.
     """
     from db.session import make_engine
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     url = url or get_settings().db_url
     engine = make_engine(url)
@@ -51,7 +51,7 @@ def current(url: str | None = None) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     from db.session import make_engine
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     engine = make_engine(url or get_settings().db_url)
     try:

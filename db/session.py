@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -18,7 +20,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     # WAL: the dashboard reads while workers write; busy_timeout: writers wait instead of failing
     # with "database is locked"; foreign_keys: SQLite ignores ON DELETE CASCADE without it.
     cur = dbapi_conn.cursor()
@@ -31,14 +33,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     dbapi_conn.isolation_level = None
 
 
-def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_begin(conn: Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock up front: a DEFERRED transaction that reads and then
     # writes fails at once with SQLITE_BUSY (busy_timeout does not apply) when another process
     # committed in between — exactly what concurrent advance() calls from several workers do.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]
+def make_engine(url: str, **kwargs: Any) -> Engine:
     """A new engine; SQLite gets the pragmas above and its folder created."""
     url = normalise_url(url)
     parsed = make_url(url)

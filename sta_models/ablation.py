@@ -93,8 +93,10 @@ def row_maps(row: RowLike, inputs: AblationInputs) -> dict[int, dict[str, np.nda
             got: list[tuple[np.ndarray, bool, float]] = []
             for b in BRANCHES:
                 c = files[(phase, b)]
-                hit = None if c is None else np.flatnonzero(c.seconds == s)
-                if c is None or not len(hit):
+                if c is None:
+                    continue
+                hit = np.flatnonzero(c.seconds == s)
+                if not len(hit):
                     continue
                 i = int(hit[0])
                 cam = to_float32(c.cams[i]).copy()

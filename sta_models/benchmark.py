@@ -114,7 +114,7 @@ class BenchmarkTable:
 
 
 def _cell(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
 def published_row(sets: Sequence[str]) -> TableRow:

@@ -29,7 +29,7 @@ class EpochMetrics:
     lr: float
     seconds: float
     samples_per_s: float
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # mostly numbers; stages may add others
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from sta_models.branches import get_branch
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import normalise_native, upsample, write_cam_file
+from sta_models.config import Branch
 from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
@@ -90,7 +91,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
     if dev.type == "cuda":
         to_channels_last(model)
     size = input_size or int(ckpt["meta"]["input_size"])
-    ds = FeatureDataset(rows, feature_dir, branch, size, train=False, skip_invalid_audio=False)
+    ds = FeatureDataset(rows, feature_dir, cast(Branch, branch), size, train=False, skip_invalid_audio=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == "cuda")
     summary = CamSummary(branch=branch, out_dir=str(out_dir), canvas=canvas, excluded=ds.exclusions())
@@ -137,7 +138,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
             pred = probs.argmax(1)
             pred_prob = probs.gather(1, pred[:, None])[:, 0].cpu().numpy()
             true_prob = probs.gather(1, labels[:, None])[:, 0].cpu().numpy()
-            pred = pred.cpu().numpy()
+            pred_np = pred.cpu().numpy()
             labels_np = labels.cpu().numpy()
             for j, (i, k) in enumerate(zip(raw["row"].tolist(), raw["second"].tolist(), strict=True)):
                 if i != current:
@@ -147,11 +148,11 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
                     pending = {"cams": [], "seconds": [], "pred_class": [], "pred_prob": [], "true_prob": []}
                 pending["cams"].append(cams[j])
                 pending["seconds"].append(k)
-                pending["pred_class"].append(int(pred[j]))
+                pending["pred_class"].append(int(pred_np[j]))
                 pending["pred_prob"].append(float(pred_prob[j]))
                 pending["true_prob"].append(float(true_prob[j]))
                 summary.frames += 1
-                summary.selected += int(pred[j] == labels_np[j])
+                summary.selected += int(pred_np[j] == labels_np[j])
             callbacks.on_progress(b + 1, total, f"{branch} CAMs")
     if current >= 0:
         flush(current)

@@ -6,19 +6,21 @@ from its record. Defaults are the method's (SPEC §2–§7); the presets only sh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sta_models.branches import BRANCHES as BRANCH_SPECS
 
 Backbone = Literal["resnext101_32x8d", "resnet50", "resnet18"]
+# The one list of backbone names: the config type, the CLI choices and the form's select read it.
+BACKBONES: tuple[Backbone, ...] = get_args(Backbone)
 BRANCHES: tuple[str, ...] = tuple(BRANCH_SPECS)  # the registered branches (sta_models.branches), in order
 if TYPE_CHECKING:
     Branch = str
 else:  # the registry's names as a Literal, so pydantic names the choices for an unknown key
     Branch = Literal[BRANCHES]
-PRESETS = ("tiny", "demo", "paper")
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
@@ -179,12 +181,19 @@ def _small(
     )
 
 
+# The one list of presets (name -> builder): CLI choices, the form, the API and the OpenAPI enum read it.
+_PRESET_BUILDERS: dict[str, Callable[[], PipelineConfig]] = {
+    "tiny": lambda: _small("tiny", size=112, coarse_in=96, fine_in=96, epochs=6, sta_epochs=6, min_box=32),
+    "demo": lambda: _small("demo", size=160, coarse_in=96, fine_in=112, epochs=6, sta_epochs=8, min_box=45),
+    "paper": _paper,
+}
+PRESETS: tuple[str, ...] = tuple(_PRESET_BUILDERS)
+DEFAULT_PRESET = "tiny"  # what the form, the API and ``stapipe submit/run`` start from (CI-sized)
+
+
 def preset(name: str) -> PipelineConfig:
     """A fresh config for a named preset (``tiny``: CI on CPU; ``demo``: minutes on 2 cores; ``paper``)."""
-    if name == "paper":
-        return _paper()
-    if name == "tiny":
-        return _small("tiny", size=112, coarse_in=96, fine_in=96, epochs=6, sta_epochs=6, min_box=32)
-    if name == "demo":
-        return _small("demo", size=160, coarse_in=96, fine_in=112, epochs=6, sta_epochs=8, min_box=45)
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    builder = _PRESET_BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return builder()

@@ -77,10 +77,10 @@ def read_boxes(path: Path) -> tuple[tuple[int, int], np.ndarray]:
     with h5py.File(path, "r") as f:
         boxes = np.asarray(f["boxes"][()], np.int64)
         if not is_box_file(f):
-            return tuple(int(x) for x in f["frames"].shape[1:3]), boxes  # type: ignore[return-value]
+            return (int(f["frames"].shape[1]), int(f["frames"].shape[2])), boxes
         features = source_features(Path(path), f)
     with h5py.File(features, "r") as g:
-        return tuple(int(x) for x in g["frames"].shape[1:3]), boxes  # type: ignore[return-value]
+        return (int(g["frames"].shape[1]), int(g["frames"].shape[2])), boxes
 
 
 def crop_frames(frames: np.ndarray, seconds: Iterable[int], boxes: np.ndarray, has_box: np.ndarray) -> np.ndarray:

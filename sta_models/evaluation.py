@@ -57,7 +57,7 @@ def list_ground_truth(gt_dir: Path | str) -> dict[str, dict[int, tuple[Path, Pat
     for vdir in sorted(p for p in gt_dir.iterdir() if p.is_dir()):
         maps = {_frame_number(p): p for p in (vdir / "maps").glob("eyeMap_*") if p.suffix.lower() in IMAGE_SUFFIXES}
         fixes = {_frame_number(p): p for p in vdir.glob("fixMap_*.mat")}
-        frames = {n: (maps[n], fixes[n]) for n in sorted(set(maps) & set(fixes)) if n is not None}
+        frames = {n: (maps[n], fixes[n]) for n in sorted(k for k in set(maps) & set(fixes) if k is not None)}
         if frames:
             out[vdir.name] = frames
     return out
@@ -293,10 +293,14 @@ class EvaluationReport:
         return rows
 
     def write_json(self, path: Path | str) -> Path:
-        return write_reports([self], json_path=path)[0]
+        written, _ = write_reports([self], json_path=path)
+        assert written is not None  # a json_path always gives a file
+        return written
 
     def write_csv(self, path: Path | str) -> Path:
-        return write_reports([self], csv_path=path)[1]
+        _, written = write_reports([self], csv_path=path)
+        assert written is not None  # a csv_path always gives a file
+        return written
 
     def format_table(self, per_video: bool = True) -> str:
         return format_table([self], per_video=per_video)

@@ -89,7 +89,7 @@ def _one_line(text: str, video: Path | None = None, limit: int = 200) -> str:
 
 def _float(value: object, default: float = math.nan) -> float:
     try:
-        out = float(value)  # type: ignore[arg-type]
+        out = float(value)  # type: ignore[arg-type]  # any object: float() raising is the check
     except (TypeError, ValueError):
         return default
     return out if math.isfinite(out) else default

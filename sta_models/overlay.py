@@ -60,7 +60,7 @@ def heat_overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) ->
     return cv2.addWeighted(frame, 1.0 - alpha, heat, alpha, 0.0)
 
 
-def write_overlay(video: Path, maps: Sequence[np.ndarray], out: Path, *, alpha: float = 0.5, crf: int = 23,
+def write_overlay(video: Path, maps: Sequence[np.ndarray] | np.ndarray, out: Path, *, alpha: float = 0.5, crf: int = 23,
                   per_frame: bool = False) -> Path:
     """Write ``out`` (H.264 yuv420p + the source's audio as AAC) with ``maps`` [T, h, w] in [0,1]:
     one per second, or one per frame with ``per_frame`` (any sequence: maps may be read lazily)."""
@@ -108,7 +108,7 @@ def write_overlay(video: Path, maps: Sequence[np.ndarray], out: Path, *, alpha: 
     return out
 
 
-def write_overlay_frames(frames: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: Path, *, fps: float = 1.0,
+def write_overlay_frames(frames: Sequence[np.ndarray] | np.ndarray, maps: Sequence[np.ndarray] | np.ndarray, out: Path, *, fps: float = 1.0,
                          alpha: float = 0.5, crf: int = 23, audio_from: Path | None = None) -> Path:
     """Overlay from frames [T, H, W, 3] uint8 (stored seconds of a feature file, or a frame folder
     read lazily), streamed to the encoder; silent unless ``audio_from`` (e.g. the clip's WAV)."""

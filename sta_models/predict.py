@@ -258,7 +258,7 @@ class PngMaps(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i):  # type: ignore[override]  # int only
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # int only: no slices
         return read_map(self.folder / f"{int(i) + 1:05d}.png").astype(np.float32)
 
 
@@ -271,7 +271,7 @@ class ClipFrames(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return self.clip.n_frames
 
-    def __getitem__(self, i):  # type: ignore[override]  # int only
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # int only: no slices
         return self.clip.read([int(i)])[0]
 
 

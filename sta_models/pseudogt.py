@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,13 +75,13 @@ def to_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return out
     flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])  # 2-D: one channel for OpenCV
     if out is None or not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == a.shape):
-        res = cv2.multiply(flat, 1.0, dtype=cv2.CV_32F).reshape(a.shape)
+        res = cv2.multiply(flat, 1.0, dtype=cv2.CV_32F).reshape(a.shape)  # type: ignore[call-overload]  # OpenCV stubs lack the scalar src2 form
         if out is None:
             return res
         np.copyto(out, res, casting="unsafe")
         return out
     dst = out.reshape(flat.shape)  # a view: OpenCV writes into it
-    if cv2.multiply(flat, 1.0, dst=dst, dtype=cv2.CV_32F) is not dst:  # pragma: no cover - defensive
+    if cv2.multiply(flat, 1.0, dst=dst, dtype=cv2.CV_32F) is not dst:  # type: ignore[call-overload]  # pragma: no cover - defensive; OpenCV stubs lack the scalar src2 form
         raise RuntimeError("OpenCV did not write into the given buffer")
     return out
 
@@ -92,13 +92,13 @@ def to_float16(a: np.ndarray) -> np.ndarray:
     if a.dtype != np.float32 or a.size == 0 or a.ndim == 0:
         return np.asarray(a, np.float16)
     flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-    return cv2.multiply(flat, 1.0, dtype=cv2.CV_16F).reshape(a.shape)
+    return cv2.multiply(flat, 1.0, dtype=cv2.CV_16F).reshape(a.shape)  # type: ignore[call-overload]  # OpenCV stubs lack the scalar src2 form
 
 
 def minmax(maps: np.ndarray) -> np.ndarray:
     """Min-max normalise each map over its last two axes to [0, 1] (float32); constant maps → 0."""
     m = to_float32(maps)
-    if (isinstance(maps, np.ndarray) and np.may_share_memory(m, maps)) or not m.flags.c_contiguous:
+    if np.may_share_memory(m, maps) or not m.flags.c_contiguous:
         m = m.copy()  # never normalise the caller's array in place
     for frame in _frames(m):
         _normalise(frame)
@@ -169,7 +169,7 @@ def fuse_maps(maps: np.ndarray, probs: np.ndarray, selected: np.ndarray) -> tupl
     for i in range(src.shape[1]):
         use = [b for b in range(len(maps)) if w[b, i] > 0]
         fuse_frame([to_float32(src[b, i], out=buf[b]) for b in use], [w[b, i] for b in use], out[i])
-    return out.reshape(maps.shape[1:]), sel.any(axis=0)
+    return out.reshape(maps.shape[1:]), np.asarray(sel.any(axis=0))
 
 
 @dataclass
@@ -291,7 +291,7 @@ def paste_maps(cams: np.ndarray, boxes: np.ndarray, canvas: tuple[int, int]) -> 
     return out
 
 
-def temporal_neighbours(seconds: Sequence[int], window: int = 3) -> list[np.ndarray]:
+def temporal_neighbours(seconds: Sequence[int] | np.ndarray, window: int = 3) -> list[np.ndarray]:
     """For each second, the (sorted) indices of the seconds within its centred window, itself included."""
     secs = np.asarray(seconds, dtype=np.int64)
     half = max(window, 1) // 2
@@ -425,7 +425,7 @@ def _gather(cam_dirs: Mapping[str, Path], row: RowLike, seconds: np.ndarray,
     return g
 
 
-def _write_h5_atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _write_h5_atomic(path: Path, write: Callable[[h5py.File], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -451,7 +451,7 @@ def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
 
     Frame by frame, so a frame's CAMs are converted, fused and profiled while in cache.
     """
-    has = g.selected.any(axis=0)
+    has = np.asarray(g.selected.any(axis=0))
     any_avail = g.available.any(axis=0)
     # selecting branches weighted by probability; a second no branch selected: plain average
     weights = np.where(has, np.where(g.selected, g.probs, 0.0), g.available).astype(np.float32)
@@ -459,7 +459,7 @@ def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
     fused = scratch.get("fused", tuple(size))
     for j in range(len(has)):
         use = np.flatnonzero(weights[:, j] > 0)
-        fuse_frame([g.map_at(b, j, size, scratch) for b in use], weights[use, j], fused)
+        fuse_frame([g.map_at(int(b), j, size, scratch) for b in use], weights[use, j], fused)
         prof.set(j, fused)
     boxes, alpha = box_from_profile(prof, cfg.alpha_start, cfg.alpha_step, cfg.min_box)
     source = np.where(has, 1, np.where(any_avail, 2, 3)).astype(np.uint8)
@@ -606,7 +606,7 @@ def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[in
     out = scratch.get("gt", (len(keep), *size))
     for i, j in enumerate(keep):
         use = np.flatnonzero(g.selected[:, j] & (g.probs[:, j] > 0))
-        fuse_frame([g.pasted(b, j, boxes[j], size, scratch) for b in use], g.probs[use, j], fused[i])
+        fuse_frame([g.pasted(int(b), j, boxes[j], size, scratch) for b in use], g.probs[use, j], fused[i])
     for i, nbrs in enumerate(temporal_neighbours(seconds, cfg.smooth_window)):
         _sparsify_normalised(_normalise(_window_sum(fused, nbrs, out[i])), cfg.sparsify_factor)
     return out
@@ -633,6 +633,7 @@ def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, o
         step = max(1, len(keep) // PREVIEWS_PER_ROW)
         shown = list(range(len(keep)))[::step][:PREVIEWS_PER_ROW] if preview else []  # only these frames are read
         picked = [int(out_secs[i]) for i in shown]
+        frames: np.ndarray | list[np.ndarray]
         if box_file:
             with h5py.File(source_features(crop, f), "r") as src:
                 frames = crop_frames(np.stack([src["frames"][s] for s in picked]), picked, boxes_all, has_box) \

@@ -81,7 +81,7 @@ class StaTask(SplitDatasetTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return sta_param_groups(model)  # type: ignore[arg-type]
+        return sta_param_groups(model)  # type: ignore[arg-type]  # TrainTask takes any nn.Module; fit passes the STA build_model made
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)

@@ -50,7 +50,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,6 +98,15 @@ class SplitDatasetTask:
         return {"train": self.train_ds.exclusions(), "val": self.val_ds.exclusions()}
 
 
+class SplitTrainTask(TrainTask, Protocol):
+    """A :class:`TrainTask` built on :class:`SplitDatasetTask` (what :func:`fit_and_record` takes)."""
+
+    train_ds: Any
+    val_ds: Any
+
+    def exclusions(self) -> dict[str, dict[str, int]]: ...
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`fit`; ``history`` holds every epoch's ``EpochMetrics.as_dict()``."""
@@ -125,7 +134,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device):
+def autocast_for(device: torch.device) -> AbstractContextManager[Any]:
     """bf16 autocast on CUDA (no loss scaling needed), nothing on CPU (plain fp32)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -556,6 +565,11 @@ class DeterministicMode:
 
 
 # ----------------------------------------------------------------------------- fit
+def _size(ds: Dataset[Any]) -> int:
+    """``len`` of a map-style dataset (they all define it; torch's ``Dataset`` type does not)."""
+    return len(ds)  # type: ignore[arg-type]  # torch.utils.data.Dataset declares no __len__
+
+
 def fit(
     task: TrainTask,
     cfg: TrainConfig,
@@ -606,14 +620,14 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
     opt, sched = build_optimizer(groups, cfg)
 
     train_ds, val_ds = task.train_dataset(), task.val_dataset()
-    if len(train_ds) == 0:
+    if _size(train_ds) == 0:
         raise ValueError("the training split has no samples")
-    sampler = SeededSampler(len(train_ds), cfg.seed, shuffle=True)
+    sampler = SeededSampler(_size(train_ds), cfg.seed, shuffle=True)
     train_loader = make_loader(train_ds, cfg.batch_size, sampler=sampler, workers=cfg.workers, device=device)
     val_loader = None
-    if val_ds is not None and len(val_ds) > 0:
+    if val_ds is not None and _size(val_ds) > 0:
         val_loader = make_loader(
-            val_ds, cfg.batch_size, sampler=SeededSampler(len(val_ds), cfg.seed, shuffle=False),
+            val_ds, cfg.batch_size, sampler=SeededSampler(_size(val_ds), cfg.seed, shuffle=False),
             workers=cfg.workers, device=device,
         )
 
@@ -678,9 +692,9 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
 
     n_batches = len(train_loader)
     # BatchNorm must not learn statistics from a last batch of one sample: that batch is skipped
-    skip_last = len(train_ds) % cfg.batch_size == 1 and len(train_ds) > 1 and _has_batchnorm(model)
+    skip_last = _size(train_ds) % cfg.batch_size == 1 and _size(train_ds) > 1 and _has_batchnorm(model)
     if skip_last:
-        callbacks.log(f"the last training batch of each epoch has 1 sample ({len(train_ds)} samples, batch "
+        callbacks.log(f"the last training batch of each epoch has 1 sample ({_size(train_ds)} samples, batch "
                       f"{cfg.batch_size}); it is skipped so BatchNorm never updates from it")
     params = [p for g in opt.param_groups for p in g["params"]]
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -774,7 +788,7 @@ __all__ = [
 
 
 def fit_and_record(
-    task: SplitDatasetTask,
+    task: SplitTrainTask,
     cfg: TrainConfig,
     out_dir: str | Path,
     callbacks: Callbacks,
@@ -794,7 +808,7 @@ def fit_and_record(
         if counts:
             callbacks.log(f"{name} {split}: excluded {counts}")
     callbacks.log(f"{name}: {len(task.train_ds)} train / {len(task.val_ds)} val samples")
-    result = fit(task, cfg, out_dir, callbacks, resume=resume)  # type: ignore[arg-type]
+    result = fit(task, cfg, out_dir, callbacks, resume=resume)
     check = getattr(task, "warnings", None)
     warnings = check(result.history) if check is not None else nan_warnings(result.history)
     for w in warnings:

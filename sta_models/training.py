@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
-from sta_models.config import TrainConfig
+from sta_models.config import Branch, TrainConfig
 from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import (
     NUM_CLASSES,
@@ -51,9 +51,9 @@ class BranchTask(SplitDatasetTask):
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
                  cfg: TrainConfig, *, num_classes: int = NUM_CLASSES, use_cache: bool = True) -> None:
         self.branch, self.cfg, self.num_classes, self.use_cache = branch, cfg, num_classes, use_cache
-        self.train_ds = FeatureDataset(splits["train"], feature_dir, branch, cfg.input_size, train=True)
+        self.train_ds = FeatureDataset(splits["train"], feature_dir, cast(Branch, branch), cfg.input_size, train=True)
         val_rows = splits.get("val") or []
-        self.val_ds = FeatureDataset(val_rows, feature_dir, branch, cfg.input_size, train=False)
+        self.val_ds = FeatureDataset(val_rows, feature_dir, cast(Branch, branch), cfg.input_size, train=False)
         self.weights: dict[str, str] = {}
         self.recipe: ScratchRecipe | None = None
 
@@ -69,7 +69,7 @@ class BranchTask(SplitDatasetTask):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        groups = param_groups(model)  # type: ignore[arg-type]
+        groups = param_groups(model)  # type: ignore[arg-type]  # TrainTask takes any nn.Module; fit passes the BranchNet build_model made
         if self.recipe is not None:
             for g in groups:
                 g["lr_mult"] *= self.recipe.lr_scale
@@ -77,14 +77,14 @@ class BranchTask(SplitDatasetTask):
 
     def loss(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int]:
         batch = prepare_batch(batch, device)
-        out = run_branch(model, batch)  # type: ignore[arg-type]
+        out = run_branch(model, batch)  # type: ignore[arg-type]  # TrainTask takes any nn.Module; fit passes the BranchNet build_model made
         return branch_loss(out, batch["label"], self.branch), int(batch["label"].shape[0])
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         loss_sum, correct, n, peak = 0.0, 0, 0, 0.0
         for raw in loader:
             batch = prepare_batch(raw, device)
-            out = run_branch(model, batch)  # type: ignore[arg-type]
+            out = run_branch(model, batch)  # type: ignore[arg-type]  # TrainTask takes any nn.Module; fit passes the BranchNet build_model made
             b = int(batch["label"].shape[0])
             loss_sum += float(branch_loss(out, batch["label"], self.branch)) * b
             correct += int((out.prediction().argmax(1) == batch["label"]).sum())

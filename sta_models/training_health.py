@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 #: best val top-1 below this multiple of chance counts as "at chance"
 CHANCE_MARGIN = 1.5
@@ -18,7 +18,7 @@ CHANCE_MARGIN = 1.5
 FLAT_CAM_RATIO = 1.25
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and math.isfinite(float(v))
 
 

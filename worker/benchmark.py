@@ -10,7 +10,7 @@ from worker.stage_context import StageContext
 
 def benchmark_stage(ctx: StageContext) -> dict[str, Any]:
     from sta_models.benchmark import run_benchmark
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     root = get_settings().stavis_dir
     if not (root / "video_frames").is_dir():

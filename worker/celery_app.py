@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.settings import Settings, get_settings
+from stapipe_settings import Settings, get_settings
 from worker.stage_graph import Queue
 
 log = logging.getLogger(__name__)

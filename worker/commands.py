@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from sta_models.config import DEFAULT_PRESET, PRESETS, PipelineConfig
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a Celery worker (queues cpu and/or gpu)")
     p.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu, gpu (default both)")
     p.add_argument("--concurrency", type=int, default=None,
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("run", help="submit a full pipeline and follow it in the terminal")
-    _pipeline_args(p, default_preset="tiny")
+    _pipeline_args(p, default_preset=DEFAULT_PRESET)
     p.add_argument("--dataset", required=True, type=Path, help="AVE-layout dataset folder")
     p.add_argument("--workers", type=int, default=0,
                    help="start this many local worker processes for the run (0: use running workers; "
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _pipeline_args(p: argparse.ArgumentParser, default_preset: str) -> None:
-    p.add_argument("--preset", default=default_preset, choices=("tiny", "demo", "paper"))
+    p.add_argument("--preset", default=default_preset, choices=PRESETS)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (JSON value; '*' matches every branch: coarse.*.epochs=1)")
     p.add_argument("--name", default=None)
@@ -70,50 +71,21 @@ def _pipeline_args(p: argparse.ArgumentParser, default_preset: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``coarse.sa.epochs=1`` / ``sta.lr=0.01`` / ``coarse.*.epochs=1`` into a config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        path, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        keys = path.split(".")
-        targets = [config]
-        for key in keys[:-1]:
-            nxt = []
-            for t in targets:
-                if key == "*":
-                    nxt += [v for v in t.values() if isinstance(v, dict)]
-                elif isinstance(t.get(key), dict):
-                    nxt.append(t[key])
-                else:
-                    raise SystemExit(f"--set {item!r}: no section {key!r}")
-            targets = nxt
-        for t in targets:
-            if keys[-1] not in t:
-                raise SystemExit(f"--set {item!r}: unknown key {keys[-1]!r}")
-            t[keys[-1]] = value
-    return config
+def build_config(preset_name: str, overrides: list[str]) -> PipelineConfig:
+    """The preset plus ``--set`` items, through the same parser and wildcard rule as the dashboard."""
+    from sta_models.config_overrides import ConfigErrors, config_from_overrides, parse_set_options
 
-
-def build_config(preset_name: str, overrides: list[str]) -> Any:
-    from pydantic import ValidationError
-
-    from sta_models.config import PipelineConfig, preset
-
-    cfg = apply_overrides(preset(preset_name).model_dump(mode="json"), overrides)
     try:
-        return PipelineConfig.model_validate(cfg)
-    except ValidationError as exc:
-        raise SystemExit(f"invalid configuration:\n{exc}") from exc
+        return config_from_overrides(preset_name, parse_set_options(overrides))
+    except ConfigErrors as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    except ValueError as exc:  # an item without '='
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from db.migrate import upgrade
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     settings = get_settings()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -177,8 +149,8 @@ def _announce(settings: Any) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from db.migrate import upgrade
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
-    from worker.settings import get_settings
 
     settings = get_settings()
     upgrade(settings.db_url)
@@ -235,9 +207,9 @@ def _local_workers_needed(settings: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
     from worker.follow import follow
-    from worker.settings import get_settings
 
     settings = get_settings()
     dataset = args.dataset.expanduser().resolve()
@@ -257,10 +229,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from sta_models.synth import generate
+    from stapipe_settings import get_settings
     from worker.embedded import local_stack
     from worker.follow import follow
     from worker.report import evaluation_table
-    from worker.settings import get_settings
 
     settings = get_settings()
     dataset = settings.data_dir / f"synthetic-{args.classes}x{args.videos_per_class}x{args.seconds}s"

@@ -20,8 +20,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from dashboard.formatting import human_size as human
     from db.migrate import upgrade
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker import disk
-    from worker.settings import get_settings
 
     settings = get_settings()
     upgrade(settings.db_url)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 
 @dataclass

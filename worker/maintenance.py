@@ -34,9 +34,9 @@ _stop = threading.Event()
 
 def run_once(own_host: str | None = None) -> int:
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker.celery_app import message_exists, purge_processed
     from worker.orchestration import recover_stale
-    from worker.settings import get_settings
 
     settings = get_settings()
     stale, lost = timings(settings.recovery_interval_s)
@@ -50,7 +50,7 @@ def run_once(own_host: str | None = None) -> int:
 
 
 def _loop() -> None:
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     while not _stop.wait(get_settings().recovery_interval_s):
         try:

@@ -107,7 +107,7 @@ def submit_pipeline(
     and all its own upstream stages are reused too; it becomes ``skipped`` with ``reused_from_id``.
     Commits. Raises ``pydantic.ValidationError`` for a bad config.
     """
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     settings = get_settings()
     cfg = _config_dict(config)

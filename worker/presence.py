@@ -31,8 +31,8 @@ def _concurrency(consumer: Any) -> int | None:
 
 def _register(name: str, queues: list[str], concurrency: int | None) -> None:
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker.registry import detect_device, register
-    from worker.settings import get_settings
 
     with session_scope(get_settings().db_url) as session:
         register(session, name=name, host=socket.gethostname(), queues=queues, device=detect_device(queues),
@@ -41,8 +41,8 @@ def _register(name: str, queues: list[str], concurrency: int | None) -> None:
 
 def _loop(name: str, queues: list[str], concurrency: int | None) -> None:
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker.registry import HEARTBEAT_S, beat
-    from worker.settings import get_settings
 
     while not _stop.wait(HEARTBEAT_S):
         try:
@@ -73,8 +73,8 @@ def _on_shutdown(**_: Any) -> None:
         return
     try:
         from db.session import session_scope
+        from stapipe_settings import get_settings
         from worker.registry import unregister
-        from worker.settings import get_settings
 
         with session_scope(get_settings().db_url) as session:
             unregister(session, _name[0])

@@ -54,7 +54,7 @@ def one_line(exc: BaseException, limit: int = 480) -> str:
 def relative_paths(text: str) -> str:
     """``text`` with the data, artefact and log roots cut off the paths in it: error summaries and
     failed-item reasons are shown on the dashboard, which must not reveal the server's layout."""
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     settings = get_settings()
     roots = sorted({str(r) for r in (settings.data_dir, settings.artefact_dir, settings.log_dir)}, key=len,

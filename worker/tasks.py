@@ -25,12 +25,12 @@ from db.models import ItemStatus, Stage
 from db.session import dispose_engines, session_scope
 from db.transient import DatabaseUnavailable, retry
 from sta_models.filehash import sha256_file
+from stapipe_settings import get_settings
 from worker import fanout, pipeline_state
 from worker.celery_app import TASK_ITEM, TASK_STAGE, app
 from worker.devices import check_stage_devices
 from worker.faults import maybe_inject
 from worker.logs import append_line
-from worker.settings import get_settings
 from worker.stage_context import StageContext
 from worker.stage_graph import GraphError, Queue, StageGraph, StageSpec
 from worker.stage_runner import FINAL_OUTCOMES, execute_stage, one_line, relative_paths

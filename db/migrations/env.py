@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from db.models import Base
 from db.session import make_engine
@@ -14,9 +15,10 @@ def _url() -> str:
     x = context.get_x_argument(as_dictionary=True)
     if x.get("url"):
         return x["url"]
-    if config.get_main_option("sqlalchemy.url"):
-        return config.get_main_option("sqlalchemy.url")  # type: ignore[return-value]
-    from worker.settings import get_settings
+    configured = config.get_main_option("sqlalchemy.url")
+    if configured:
+        return configured
+    from stapipe_settings import get_settings
 
     return get_settings().db_url
 
@@ -40,7 +42,7 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode recreates tables instead
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
                       compare_type=True)

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from sta_models.branches import BRANCHES
+from sta_models.config import BACKBONES, PRESETS
 
 OVERRIDES = ("backbone", "input_size", "epochs", "batch_size", "lr", "workers", "device", "seed",
              "backbone_weights", "audio_weights")
@@ -109,9 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="AVE-layout root (Annotations.txt, split files, AVE/)")
     p.add_argument("--features", required=True, help="folder of per-video (or per-row crop) HDF5 files")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, record.json")
-    p.add_argument("--preset", choices=("tiny", "demo", "paper"), default="paper")
+    p.add_argument("--preset", choices=PRESETS, default="paper")
     p.add_argument("--stage", choices=("coarse", "fine"), default="coarse")
-    p.add_argument("--backbone", choices=("resnext101_32x8d", "resnet50", "resnet18"))
+    p.add_argument("--backbone", choices=BACKBONES)
     p.add_argument("--input-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

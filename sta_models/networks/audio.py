@@ -28,6 +28,7 @@ class NetVLAD(nn.Module):
         self.centroids = nn.Parameter(torch.rand(num_clusters, dim))
         with torch.no_grad():
             self.conv.weight.copy_((2.0 * alpha * self.centroids).unsqueeze(-1).unsqueeze(-1))
+            assert self.conv.bias is not None  # built with bias=True above
             self.conv.bias.copy_(-alpha * self.centroids.norm(dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,7 @@ class Backbone(nn.Module):
         self.out_channels = self.channels[self.stages[-1]]
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
+        out: dict[str, torch.Tensor] = {}
         x = self.stem(x)
         for stage in self.stages:
             x = getattr(self, stage)(x)

@@ -12,8 +12,10 @@ logits used for the frame's prediction — for ST both come from the **centre** 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ from torch import nn
 
 from sta_models.branches import BRANCHES, get_branch
 from sta_models.networks.audio import AudioNet
-from sta_models.networks.backbones import Backbone
+from sta_models.networks.backbones import Backbone, Stage
 from sta_models.networks.blocks import AttentionGate, ConvGRUStep, init_new_layers
 
 NUM_CLASSES = 28  # the AVE categories (SPEC §1); class ids are positions in that list
@@ -113,7 +115,7 @@ class BranchNet(nn.Module):
     """Common parts: backbone (+ audio net) = pretrained modules, the rest = new layers."""
 
     kind = ""  # the registered name (sta_models.branches), set by build_branch
-    until = "layer4"
+    until: Stage = "layer4"
 
     def __init__(self, backbone: str, num_classes: int, backbone_weights: str | Path | None,
                  use_cache: bool = True) -> None:
@@ -136,7 +138,7 @@ class BranchNet(nn.Module):
     def logit_layers(self) -> list[nn.Module]:
         """The layers whose output is the class map x1 (kept small by the from-scratch recipe)."""
         head = getattr(self, "head", None)
-        return [head[-1]] if isinstance(head, nn.Sequential) else [self.cls]
+        return [head[-1]] if isinstance(head, nn.Sequential) else [cast(nn.Module, self.cls)]
 
     def weights_record(self) -> dict[str, str]:
         rec = {"backbone": self.backbone.source}
@@ -167,6 +169,8 @@ class SBranch(BranchNet):
 
 class SABranch(BranchNet):
     """SA: frame + its second of audio, backbone to layer4, audio mask m (SPEC §3)."""
+
+    audio: AudioNet  # always built here (BranchNet's is None for the audio-free branches)
 
     def __init__(self, backbone: str = "resnext101_32x8d", num_classes: int = NUM_CLASSES,
                  backbone_weights: str | Path | None = None, audio_weights: str | Path | None = None,
@@ -249,7 +253,7 @@ def pair_loss(out: BranchOutput, target: torch.Tensor) -> torch.Tensor:
 def window_loss(out: BranchOutput, target: torch.Tensor) -> torch.Tensor:
     """ST: 0.4·Σ_k CE(x_k) + 0.6·Σ_k CE(x_kk) over the three frames (fp32 logits)."""
     ce = [F.cross_entropy(logit.float(), target) for logit in out.logits]
-    return ST_WEIGHTS[0] * sum(ce[:3]) + ST_WEIGHTS[1] * sum(ce[3:])
+    return ST_WEIGHTS[0] * reduce(add, ce[:3]) + ST_WEIGHTS[1] * reduce(add, ce[3:])
 
 
 LR_MULTS = {"backbone_weight": 1.0, "backbone_bias": 2.0, "new_weight": 10.0, "new_bias": 20.0}

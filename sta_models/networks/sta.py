@@ -133,7 +133,8 @@ class STA(nn.Module):
         x = n["proj5"](feats["layer4"])
         emb = self.audio(audio.to(images.dtype))
         return FrameFeatures(x0=n["proj3"](feats["layer2"]), x1=n["proj4"](feats["layer3"]), x=x,
-                             a_mask=n["audio_mask"](emb, tuple(x.shape[-2:])), size=tuple(images.shape[-2:]))
+                             a_mask=n["audio_mask"](emb, tuple(x.shape[-2:])),
+                             size=(int(images.shape[-2]), int(images.shape[-1])))
 
     def _temporal_mask(self, xs: list[torch.Tensor]) -> torch.Tensor:
         """Class maps of (t−1, t, t+1), each [B, C, h, w] → mask [B, 1, 3, h, w]."""
@@ -187,8 +188,8 @@ class FrameFeatures:
 
     @staticmethod
     def cat(parts: list[FrameFeatures]) -> FrameFeatures:
-        return FrameFeatures(*(torch.cat([getattr(p, k) for p in parts]) for k in ("x0", "x1", "x", "a_mask")),
-                             size=parts[0].size)
+        x0, x1, x, a_mask = (torch.cat([getattr(p, k) for p in parts]) for k in ("x0", "x1", "x", "a_mask"))
+        return FrameFeatures(x0, x1, x, a_mask, size=parts[0].size)
 
 
 def sta_param_groups(model: STA) -> list[dict[str, Any]]:

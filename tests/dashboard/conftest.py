@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Artefact, EpochMetric, ExtractionItem, Pipeline, Stage
 from db.session import make_engine
+from stapipe_settings import Settings
 from tests.conftest import DispatchRecorder, fresh_pg_database, require_servers
-from worker.settings import Settings
 from worker.stages import GRAPH
 
 TOKEN = "test-token-0123456789"

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dashboard.secrets import dashboard_token, secret_key, token_path
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import TOKEN, csrf_of, login
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .browser_stack import Processes, free_port
 from .conftest import TOKEN, csrf_of, login

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Stage
-from worker.settings import Settings, get_settings
+from stapipe_settings import Settings, get_settings
 
 from .conftest import KINDS, csrf_of, make_pipeline, stage_of
 

@@ -10,8 +10,8 @@ from flask import Flask
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
+from stapipe_settings import Settings
 from worker.cli import main
-from worker.settings import Settings
 
 from .conftest import TOKEN, make_pipeline, stage_of
 from .test_disk import write_dataset
@@ -89,8 +89,8 @@ def test_wrong_token_and_unreachable_server(server: str, capsys: pytest.CaptureF
 
 def test_the_cli_finds_the_dashboard_where_stapipe_up_wrote_it(server: str, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from stapipe_settings import Settings, get_settings
     from worker.embedded import url_path, write_url
-    from worker.settings import Settings, get_settings
 
     monkeypatch.setenv("STAPIPE_HOME", str(tmp_path / "cli-home"))
     monkeypatch.delenv("STAPIPE_API_URL", raising=False)

@@ -10,7 +10,7 @@ import re
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import add_artefact, add_epochs, csrf_of, make_pipeline, stage_of
 

@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 
 from dashboard.config_form import (
-    ConfigErrors,
     PathRoots,
     build_config,
     flatten,
     form_field_names,
-    parse_set_option,
     presets_for_form,
 )
 from sta_models.config import preset
+from sta_models.config_overrides import ConfigErrors
 
 
 def errors_of(overrides: dict, preset_name: str = "tiny", **kw) -> dict[str, str]:
@@ -104,16 +103,4 @@ def test_presets_for_form_have_every_field() -> None:
     assert data["paper"]["coarse.s.backbone"] == "resnext101_32x8d"
 
 
-@pytest.mark.parametrize(
-    ("item", "expected"),
-    [("coarse.s.epochs=3", ("coarse.s.epochs", 3)), ("sta.lr=1e-3", ("sta.lr", 0.001)),
-     ("sta.decay_epochs=[2, 4]", ("sta.decay_epochs", [2, 4])), ("coarse.s.backbone=resnet50",
-                                                                  ("coarse.s.backbone", "resnet50"))],
-)
-def test_parse_set_option(item: str, expected: tuple) -> None:
-    assert parse_set_option(item) == expected
-
-
-def test_parse_set_option_rejects_missing_equals() -> None:
-    with pytest.raises(ValueError, match="key=value"):
-        parse_set_option("coarse.s.epochs")
+# parse_set_option and the wildcard rule are tested with the CLI in tests/test_config_overrides.py

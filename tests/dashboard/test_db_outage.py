@@ -10,8 +10,8 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from stapipe_settings import Settings
 from tests.conftest import PG_ADMIN_URL, fresh_pg_database, require_servers
-from worker.settings import Settings
 
 from .conftest import TOKEN, login
 from .test_auth_shared import dashboards  # noqa: F401  (gunicorn processes)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from sta_models.ave import load_dataset
 from sta_models.config import preset
 from sta_models.disk_estimate import DatasetSize, estimate
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import add_artefact, csrf_of, make_pipeline, stage_of
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .browser_stack import CHROMIUM, CHROMIUM_ARGS, wait_js
 from .conftest import TOKEN, add_artefact, make_pipeline, stage_of

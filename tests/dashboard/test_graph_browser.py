@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 from worker.stages import STAGES
 
 from .browser_stack import logged_in_page

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from sta_models.config import TrainConfig
 from sta_models.training import train_branch
+from stapipe_settings import Settings
 from tests.models.conftest import make_row, write_features
 from worker.follow import follow
-from worker.settings import Settings
 from worker.stages import _jsonable
 
 from .conftest import make_pipeline, stage_of

@@ -8,7 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from db.models import Pipeline
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import Sent
 

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from db.models import Artefact, Stage
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import Sent, add_artefact, add_item, csrf_of, install_evaluation, make_pipeline, stage_of
 

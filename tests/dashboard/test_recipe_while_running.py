@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from sta_models.config import TrainConfig
 from sta_models.training import train_branch
+from stapipe_settings import Settings
 from worker.logs import StageLog
-from worker.settings import Settings
 from worker.stage_runner import DbCallbacks
 
 from .conftest import make_pipeline, stage_of

@@ -19,7 +19,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .browser_stack import CHROMIUM, CHROMIUM_ARGS
 from .conftest import TOKEN, install_evaluation, make_pipeline

@@ -23,7 +23,7 @@ from hypothesis import settings as hsettings
 from schemathesis.checks import CHECKS, load_all_checks
 from sqlalchemy.orm import Session
 
-from worker.settings import Settings
+from stapipe_settings import Settings
 
 from .conftest import TOKEN, add_artefact, make_pipeline, stage_of
 

@@ -34,7 +34,7 @@ from deploy_compose import (
     variables_used,
 )
 
-from worker.settings import Settings, env_names
+from stapipe_settings import Settings, env_names
 
 # Settings a containerised deployment cannot leave to the embedded defaults: the servers, the
 # folders that must be on volumes (not in the image's writable layer), and the secrets (a
@@ -204,7 +204,7 @@ def test_every_stapipe_variable_is_a_setting(compose: dict) -> None:
     known = set(env_names())
     for name, svc in compose["services"].items():
         unknown = {k for k in environment(svc) if k.startswith("STAPIPE_")} - known
-        assert not unknown, f"{name} sets variables worker.settings.Settings does not read: {unknown}"
+        assert not unknown, f"{name} sets variables stapipe_settings.Settings does not read: {unknown}"
     unknown = {k for k in read_env_file(include_commented=True) if k.startswith("STAPIPE_")} - known
     assert not unknown, f".env.example names variables the settings do not read: {unknown}"
 

@@ -1,4 +1,4 @@
-"""docs/configuration.md cannot drift from worker.settings.Settings or compose.yaml."""
+"""docs/configuration.md cannot drift from stapipe_settings.Settings or compose.yaml."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 from deploy_compose import ROOT, load
 
-from worker.settings import env_names
+from stapipe_settings import env_names
 
 DOC = ROOT / "docs" / "configuration.md"
 

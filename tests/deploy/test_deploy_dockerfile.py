@@ -18,7 +18,7 @@ from deploy_compose import (
     mounts,
 )
 
-from worker.settings import env_names
+from stapipe_settings import env_names
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_what_the_build_needs() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     for needed in ("pyproject.toml", "constraints.txt", "README.md", "worker/cli.py", "db/alembic.ini",
-                   "dashboard/wsgi.py", "sta_models/config.py", "dashboard/static/vendor/uplot/uPlot.iife.min.js"):
+                   "dashboard/wsgi.py", "sta_models/config.py", "stapipe_settings/__init__.py", "dashboard/static/vendor/uplot/uPlot.iife.min.js"):
         assert not _ignored(needed, patterns), f".dockerignore drops {needed}, which the image needs"
     for dropped in (".git", ".venv", ".env", "var", "test-artifacts", "tests"):
         assert _ignored(dropped, patterns), f".dockerignore should drop {dropped}"

@@ -47,7 +47,7 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Settings pointed at a temp home (embedded defaults) for in-process code."""
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     h = tmp_path / "home"
     monkeypatch.setenv("STAPIPE_HOME", str(h))

@@ -174,7 +174,7 @@ def cluster(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Ite
                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         time.sleep(0.5)
         home = tmp_path / "shared"  # the artefact and log folders both hosts see
-        from worker.settings import get_settings
+        from stapipe_settings import get_settings
 
         monkeypatch.setenv("STAPIPE_HOME", str(home))  # this process submits: same broker and folders
         monkeypatch.setenv("STAPIPE_BROKER_URL", f"redis://127.0.0.1:{rport}/0")
@@ -188,7 +188,7 @@ def cluster(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Ite
                                 STAPIPE_DB_OUTAGE_S=str(OUTAGE_S))
         yield hosts, envs, pg_url
     finally:
-        from worker.settings import get_settings
+        from stapipe_settings import get_settings
 
         get_settings.cache_clear()
         hosts.destroy()

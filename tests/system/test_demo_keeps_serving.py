@@ -16,7 +16,7 @@ def test_keep_serving_says_where_and_how_to_stop_and_stops_on_ctrl_c(tmp_path: P
         import sys
         from worker.commands import _keep_serving, _stop_on_sigterm
         from worker.embedded import Stack
-        from worker.settings import get_settings
+        from stapipe_settings import get_settings
         _stop_on_sigterm()
         stack = Stack()
         stack.start("child", [sys.executable, "-c", "import time; time.sleep(60)"])

@@ -8,9 +8,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Artefact, Pipeline, Stage, StageStatus
+from stapipe_settings import get_settings
 from worker import disk
 from worker.cli import main
-from worker.settings import get_settings
 from worker.stages import KINDS
 
 from .test_orchestration import _by_kind, _finish, _submit, dataset, session  # noqa: F401  (fixtures)

@@ -97,7 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Iterato
     import redis
 
     from db.migrate import upgrade
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     broker = f"redis://127.0.0.1:6379/{REDIS_DB}"
     redis.Redis.from_url(broker).flushdb()

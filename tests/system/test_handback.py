@@ -69,7 +69,7 @@ def test_sigterm_mid_epoch_hands_the_stage_back_and_it_resumes_elsewhere(
     require_servers(postgres=True, redis=True)
     import redis
 
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     broker = f"redis://127.0.0.1:6379/{REDIS_DB}"
     redis.Redis.from_url(broker).flushdb()

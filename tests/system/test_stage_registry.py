@@ -159,7 +159,7 @@ def _run_all(url: str, recorder, graph: StageGraph) -> list[str]:  # noqa: ANN00
 
 def test_a_test_only_stage_kind_runs_through_the_real_orchestration(home: Path, sqlite_url: str, tmp_path: Path,
                                                                      monkeypatch, recorder) -> None:  # noqa: ANN001
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     monkeypatch.setenv("STAPIPE_DATABASE_URL", sqlite_url)
     get_settings.cache_clear()

@@ -20,8 +20,8 @@ def test_worker_parent_never_imports_torch() -> None:
 
 
 def test_long_task_settings(home) -> None:
+    from stapipe_settings import Settings
     from worker.celery_app import make_app
-    from worker.settings import Settings
 
     s = Settings(broker_url="redis://127.0.0.1:6379/0", task_time_limit_s=3600)
     conf = make_app(s).conf
@@ -48,9 +48,9 @@ def test_message_exists_finds_waiting_and_prioritised_messages_in_redis(home, mo
 
     import redis
 
+    from stapipe_settings import Settings
     from tests.conftest import REDIS_BASE, require_servers
     from worker.celery_app import TASK_STAGE, make_app, message_exists
-    from worker.settings import Settings
 
     require_servers(postgres=False, redis=True)
     settings = Settings(broker_url=f"{REDIS_BASE}/0")

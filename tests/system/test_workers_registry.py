@@ -25,7 +25,7 @@ def _rows(url: str) -> list:
 @pytest.mark.slow
 def test_a_real_worker_registers_and_leaves(home: Path, worker_procs_factory) -> None:  # type: ignore[no-untyped-def]
     from db.migrate import upgrade
-    from worker.settings import get_settings
+    from stapipe_settings import get_settings
 
     url = get_settings().db_url
     upgrade(url)
@@ -45,8 +45,8 @@ def test_stale_rows_are_offline_and_a_restart_takes_the_row_over(home: Path) -> 
     from db.migrate import upgrade
     from db.models import Worker, utcnow
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker.registry import ONLINE_S, queues_served, register, workers
-    from worker.settings import get_settings
 
     url = get_settings().db_url
     upgrade(url)
@@ -63,10 +63,10 @@ def test_stale_rows_are_offline_and_a_restart_takes_the_row_over(home: Path) -> 
 def test_follow_says_when_no_worker_consumes_the_queue(home: Path, synth_root: Path) -> None:
     from db.migrate import upgrade
     from db.session import session_scope
+    from stapipe_settings import get_settings
     from worker.follow import UnservedWatch, snapshot
     from worker.orchestration import submit_pipeline
     from worker.registry import register
-    from worker.settings import get_settings
 
     url = get_settings().db_url
     upgrade(url)
