@@ -6,10 +6,10 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, CursorResult, Result, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -102,4 +102,10 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-__all__ = ["make_engine", "get_engine", "dispose_engines", "session_factory", "session_scope", "normalise_url"]
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE matched: ``Session.execute`` is typed as returning a plain ``Result``,
+    but for DML it is a ``CursorResult``, which carries the count."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+__all__ = ["rowcount", "make_engine", "get_engine", "dispose_engines", "session_factory", "session_scope", "normalise_url"]

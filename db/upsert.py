@@ -16,10 +16,9 @@ def upsert(session: Session, model: type[Any], values: Mapping[str, Any], confli
            update: Iterable[str]) -> None:
     """Insert ``values`` into ``model``'s table; on a ``conflict`` with an existing row set its
     ``update`` columns to the new values (the dialect's own ``insert``: SQLite or PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = insert(model).values(**values)
     session.execute(stmt.on_conflict_do_update(index_elements=list(conflict),
                                                set_={k: stmt.excluded[k] for k in update}))

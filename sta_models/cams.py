@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from sta_models.branches import get_branch
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import normalise_native, upsample, write_cam_file
-from sta_models.config import Branch
 from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import run_branch
 from sta_models.trainer import autocast_for, load_checkpoint, resolve_device, to_channels_last
@@ -91,7 +90,7 @@ def compute_cams(branch: str, checkpoint: str | Path, rows: Sequence[Any], featu
     if dev.type == "cuda":
         to_channels_last(model)
     size = input_size or int(ckpt["meta"]["input_size"])
-    ds = FeatureDataset(rows, feature_dir, cast(Branch, branch), size, train=False, skip_invalid_audio=False)
+    ds = FeatureDataset(rows, feature_dir, branch, size, train=False, skip_invalid_audio=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == "cuda")
     summary = CamSummary(branch=branch, out_dir=str(out_dir), canvas=canvas, excluded=ds.exclusions())

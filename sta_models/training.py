@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sta_models.callbacks import NO_CALLBACKS, Callbacks
-from sta_models.config import Branch, TrainConfig
+from sta_models.config import TrainConfig
 from sta_models.datasets import FeatureDataset, prepare_batch
 from sta_models.networks.branches import (
     NUM_CLASSES,
@@ -51,9 +51,9 @@ class BranchTask(SplitDatasetTask):
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
                  cfg: TrainConfig, *, num_classes: int = NUM_CLASSES, use_cache: bool = True) -> None:
         self.branch, self.cfg, self.num_classes, self.use_cache = branch, cfg, num_classes, use_cache
-        self.train_ds = FeatureDataset(splits["train"], feature_dir, cast(Branch, branch), cfg.input_size, train=True)
+        self.train_ds = FeatureDataset(splits["train"], feature_dir, branch, cfg.input_size, train=True)
         val_rows = splits.get("val") or []
-        self.val_ds = FeatureDataset(val_rows, feature_dir, cast(Branch, branch), cfg.input_size, train=False)
+        self.val_ds = FeatureDataset(val_rows, feature_dir, branch, cfg.input_size, train=False)
         self.weights: dict[str, str] = {}
         self.recipe: ScratchRecipe | None = None
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import ExtractionItem, ItemStatus, Pipeline, Stage, StageStatus, aware, utcnow
-from db.session import session_scope
+from db.session import rowcount, session_scope
 from worker.artefacts import record_artefact, upsert_artefact
 from worker.dispatch import send_all
 from worker.logs import append_line
@@ -86,7 +86,7 @@ def _returning(session: Session, stmt: Any, columns: tuple[Any, ...], reread: An
     opts = {"synchronize_session": False}
     if session.get_bind().dialect.update_returning:
         return session.execute(stmt.returning(*columns), execution_options=opts).one_or_none()
-    if session.execute(stmt, execution_options=opts).rowcount != 1:
+    if rowcount(session.execute(stmt, execution_options=opts)) != 1:
         return None
     return session.execute(reread).one()
 
@@ -174,7 +174,7 @@ def finish_item(session: Session, job: ItemJob, spec: StageSpec, status: str, re
                 output_path=str(artefact[0]) if ok and artefact else None),
         execution_options={"synchronize_session": False},
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         session.rollback()
         return False, False
     if ok and artefact is not None:
@@ -252,7 +252,7 @@ def finish_if_done(session: Session, stage_id: int, spec: StageSpec) -> str | No
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         return None
     if stage.log_path:
         append_line(stage.log_path, f"{spec.kind} finished: {done} ok, {failed} failed of {total} → {status}")

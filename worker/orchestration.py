@@ -31,6 +31,7 @@ from db.models import (
     aware,
     utcnow,
 )
+from db.session import rowcount
 from worker import fanout
 from worker.dispatch import Message, send_all, set_dispatcher
 from worker.pipeline_state import (
@@ -334,7 +335,7 @@ def recover_stale(
                         error_summary=f"worker {stage.worker_host} lost; re-queued")
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 messages.append(("stage", stage.id, stage.queue, token))
                 recovered.append(stage)
                 touched_pipelines.add(stage.pipeline_id)
@@ -348,7 +349,7 @@ def recover_stale(
                 .values(status=ItemStatus.QUEUED, celery_task_id=token, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 messages.append(("item", item.id, queue, token))
     # queued messages that vanished
     if message_exists is not None:
@@ -361,7 +362,7 @@ def recover_stale(
                                 .execution_options(synchronize_session=False))
                 recovered.append(stage)
         for item, queue in session.execute(items.where(ExtractionItem.status == ItemStatus.QUEUED)).all():
-            if (aware(item.updated_at) or now) < lost_before and item.celery_task_id and not message_exists(
+            if aware(item.updated_at) < lost_before and item.celery_task_id and not message_exists(
                 queue, item.celery_task_id
             ):
                 messages.append(("item", item.id, queue, item.celery_task_id))

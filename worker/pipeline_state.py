@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import ACTIVE_STATES, DONE_STATES, Pipeline, PipelineStatus, Stage, StageStatus, utcnow
+from db.session import rowcount
 from worker.dispatch import send_all
 
 
@@ -106,7 +107,7 @@ def advance(session: Session, pipeline_id: int) -> list[Stage]:
                         updated_at=utcnow(), cancel_requested=False)
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 session.refresh(stage)
                 enqueued.append(stage)
     refresh_pipeline_status(session, pipeline, stages)

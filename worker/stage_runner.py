@@ -23,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EpochMetric, Pipeline, Stage, StageStatus, aware, utcnow
-from db.session import session_scope
+from db.session import rowcount, session_scope
 from db.transient import DatabaseUnavailable, is_transient, retry
 from db.upsert import upsert
 from sta_models.jsonio import finite_json
@@ -105,7 +105,7 @@ def claim_stage(session: Session, stage_id: int, token: str, host: str, max_atte
             .values(status=StageStatus.FAILED, finished_at=now, updated_at=now, error_summary=reason[:500])
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount:
+        if rowcount(res):
             pipeline_state.refresh(session, stage.pipeline_id)  # a failed stage enqueues nothing
         session.commit()
         return None
@@ -119,7 +119,7 @@ def claim_stage(session: Session, stage_id: int, token: str, host: str, max_atte
                 updated_at=now, finished_at=None)
         .execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         session.rollback()
         return None
     pipeline_state.refresh(session, stage.pipeline_id)
@@ -485,7 +485,7 @@ def _set_final_ids(url: str, stage_id: int, token: str, outage_s: float, status:
                                     Stage.status == StageStatus.RUNNING)
                 .values(**values).execution_options(synchronize_session=False)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 return True
             row = session.execute(select(Stage.status, Stage.celery_task_id)
                                   .where(Stage.id == stage_id)).one_or_none()
@@ -516,7 +516,7 @@ def _hand_back(ctx: StageContext, reason: str, cbs: DbCallbacks, *, counts_attem
                 values["attempts_base"] = Stage.attempts_base + 1
             res = session.execute(update(Stage).where(*where).values(**values)
                                   .execution_options(synchronize_session=False))
-            if res.rowcount != 1:  # taken over meanwhile, cancelled, or a retry after our commit's answer was lost
+            if rowcount(res) != 1:  # taken over meanwhile, cancelled, or a retry after our commit's answer was lost
                 row = session.execute(select(Stage.celery_task_id, Stage.cancel_requested, Stage.queue)
                                       .where(Stage.id == ctx.stage_id)).one_or_none()
                 if row is not None and row.celery_task_id == new_token:

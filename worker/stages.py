@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def _cams(phase: str, features: str) -> Any:
         splits = _splits(ctx, feature_dir)
         rows = splits["train"] + splits["val"] + splits["test"]
         summary: dict[str, Any] = {}
-        progress = BranchesProgress(ctx.callbacks.on_progress, BRANCHES)  # "… · branch 2/3 (s 9/9, sa 4/9)"
+        progress = BranchesProgress(ctx.callbacks.on_progress, tuple(BRANCHES))  # "… · branch 2/3 (s 9/9, sa 4/9)"
         for branch in BRANCHES:
             ctx.callbacks.check_cancel()
             cfg = _phase_config(ctx.config, phase)[branch]
@@ -169,13 +170,17 @@ def _cams(phase: str, features: str) -> Any:
     return body
 
 
+def _branch_devices(phase: str, branch: str) -> Callable[[Any], list[str]]:
+    return lambda config: [_phase_config(config, phase)[branch].device]
+
+
 def _branch_stages(phase: str, features: str, after: str) -> None:
     """``train_<branch>_<phase>`` for every branch, then ``cams_<phase>`` over them."""
     trainings = tuple(f"train_{b}_{phase}" for b in BRANCHES)
     for b in BRANCHES:
         GRAPH.stage(f"train_{b}_{phase}", queue=Queue.GPU, depends_on=(after,), inputs=(features,),
                     config=(("split_seed",), (phase, b)),
-                    devices=lambda config, b=b: [_phase_config(config, phase)[b].device],
+                    devices=_branch_devices(phase, b),
                     calls="sta_models.training.train_branch")(_train_branch(b, phase, features))
     GRAPH.stage(f"cams_{phase}", queue=Queue.GPU, depends_on=trainings, inputs=(features, *trainings),
                 config=(("extract", "size"),), artefacts={".h5": "cams"},
