@@ -200,6 +200,17 @@ def body_cams_fine(ctx: StageContext) -> None:
     _cams(ctx, "fine")
 
 
+def _fusion_weighting(ctx: StageContext, phase: str) -> str:
+    """The fusion's branch weights: ``pseudo_gt.fusion_weighting``, ``auto`` resolved from the
+    phase's training records (contrast-weighted when a branch trained from random init)."""
+    from sta_models.fusion_weights import resolve_weighting
+
+    records = [d / "record.json" for b in ("s", "sa", "st") if (d := ctx.dirs.get(f"train_{b}_{phase}")) is not None]
+    weighting = resolve_weighting(ctx.config.pseudo_gt.fusion_weighting, records)
+    ctx.callbacks.log(f"{phase} fusion: {weighting}-weighted branch CAMs")
+    return weighting
+
+
 def body_crops(ctx: StageContext) -> None:
     from sta_models.pseudogt import coarse_boxes_and_crops
 
@@ -207,7 +218,8 @@ def body_crops(ctx: StageContext) -> None:
     splits = _splits(ctx, feature_dir)
     cam_dirs = {b: ctx.dirs["cams_coarse"] / b for b in ("s", "sa", "st")}
     res = coarse_boxes_and_crops(cam_dirs, splits["train"] + splits["val"] + splits["test"], feature_dir,
-                                 ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+                                 ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks,
+                                 weighting=_fusion_weighting(ctx, "coarse"))
     ctx.summary = _jsonable(res)
 
 
@@ -217,7 +229,8 @@ def body_pseudo_gt(ctx: StageContext) -> None:
     splits = _splits(ctx, ctx.dirs["crops"])
     cam_dirs = {b: ctx.dirs["cams_fine"] / b for b in ("s", "sa", "st")}
     res = fuse_pseudo_gt(cam_dirs, ctx.dirs["crops"], splits["train"] + splits["val"] + splits["test"],
-                         ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+                         ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks,
+                         weighting=_fusion_weighting(ctx, "fine"))
     ctx.summary = _jsonable(res)
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("rows", None)  # per-row detail stays in report.json
