@@ -115,3 +115,34 @@ def test_auto_weighting_follows_the_training_records(tmp_path: Path) -> None:
     assert resolve_weighting("auto", [tmp_path / "missing.json"]) == PROBABILITY
     assert resolve_weighting(PROBABILITY, [scratch]) == PROBABILITY
     assert PseudoGTConfig().fusion_weighting == "auto"
+
+
+def test_ablation_fuses_as_the_stages_recorded(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The ablation's fusion rows read the weighting the crops / pseudo-GT stages wrote down, so
+    they score the fusion the pipeline used (and SPEC §5's for outputs from before the choice)."""
+    from sta_models.ablation import AblationInputs, recorded_weighting, row_maps
+    from sta_models.cam_files import read_cam_file
+
+    cfg = PseudoGTConfig(min_box=8)
+    cams = {b: inputs[b] for b in ("s", "sa", "st")}
+    crops, pgt = tmp_path / "crops", tmp_path / "pgt"
+    P.coarse_boxes_and_crops(cams, [ROW], inputs["features"], crops, cfg, weighting=CONTRAST)
+    P.fuse_pseudo_gt(cams, crops, [ROW], pgt, cfg)  # the coarse CAMs stand in for fine ones: probability
+    assert recorded_weighting(crops / "crops.json") == CONTRAST
+    assert recorded_weighting(pgt / "report.json") == PROBABILITY
+    assert recorded_weighting(tmp_path / "absent.json") == PROBABILITY
+    got = {}
+    layout = tmp_path / "cams"  # the pipeline's <branch>/<row key>.h5 layout
+    for b in ("s", "sa"):
+        (layout / b).mkdir(parents=True)
+        (layout / b / f"{ROW.key}.h5").write_bytes((inputs[b] / f"{ROW.key}.h5").read_bytes())
+    for weighting in (PROBABILITY, CONTRAST):
+        maps = row_maps(ROW, AblationInputs(cams_coarse=layout, crops=crops, cams_fine=layout, pseudo_gt=pgt,
+                                            weighting_coarse=weighting))
+        got[weighting] = maps[2]["fusion_coarse"]
+    s_cam, sa_cam = (read_cam_file(layout / b / f"{ROW.key}.h5").cams[1].astype(np.float32) for b in ("s", "sa"))
+    want = P.fuse_frame([s_cam, sa_cam], [0.6 * cam_contrast(s_cam), 0.9 * cam_contrast(sa_cam)],
+                        np.empty((H, W), np.float32))
+    np.testing.assert_allclose(got[CONTRAST], want, atol=1e-6)
+    assert got[PROBABILITY][0, W - 1] == pytest.approx(1.0)  # SPEC: SA's strip is the maximum
+    assert got[CONTRAST][0, W - 1] < 0.1
