@@ -13,6 +13,7 @@ resolution; maps are resized to the ground truth's size by the protocol.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from sta_models.evaluation import (
     postprocess_prediction,
     score_metric,
 )
+from sta_models.fusion_weights import PROBABILITY, branch_weight
 from sta_models.imageio_utils import read_fixations, read_map
 from sta_models.pseudogt import RowLike, fuse_frame, paste_map, to_float32
 
@@ -51,6 +53,17 @@ class AblationInputs:
     cams_fine: Path  # <branch>/<row key>.h5
     pseudo_gt: Path  # <row key>.h5 (maps, seconds)
     predictions: Path | None = None  # STA: <video>/<frame>.png
+    weighting_coarse: str = PROBABILITY  # the fusions' branch weights, as the crops stage used them
+    weighting_fine: str = PROBABILITY  # ... and the pseudo-GT stage (``recorded_weighting``)
+
+
+def recorded_weighting(summary_json: Path) -> str:
+    """The ``fusion_weighting`` a crops (``crops.json``) or pseudo-GT (``report.json``) stage
+    recorded; SPEC §5's ``probability`` for outputs written before the choice existed."""
+    try:
+        return str(json.loads(Path(summary_json).read_text()).get("fusion_weighting") or PROBABILITY)
+    except (OSError, ValueError):
+        return PROBABILITY
 
 
 def methods() -> list[tuple[str, str, str]]:
@@ -91,6 +104,7 @@ def row_maps(row: RowLike, inputs: AblationInputs) -> dict[int, dict[str, np.nda
         maps: dict[str, np.ndarray] = {"pseudo_gt": to_float32(gt_map).copy()}
         for phase in ("coarse", "fine"):
             got: list[tuple[np.ndarray, bool, float]] = []
+            weighting = inputs.weighting_coarse if phase == "coarse" else inputs.weighting_fine
             for b in BRANCHES:
                 c = files[(phase, b)]
                 if c is None:
@@ -100,13 +114,15 @@ def row_maps(row: RowLike, inputs: AblationInputs) -> dict[int, dict[str, np.nda
                     continue
                 i = int(hit[0])
                 cam = to_float32(c.cams[i]).copy()
-                if phase == "fine":  # the crop's CAM back at its box in the frame
+                if phase == "fine":  # the crop's CAM back at its box in the frame (weighted before, as the stage)
+                    weight = branch_weight(float(c.true_prob[i]), cam, weighting)
                     cam = paste_map(cam, boxes[s], np.empty(size, np.float32)).copy()
                 else:
                     cam = _resize(cam, size)
+                    weight = branch_weight(float(c.true_prob[i]), cam, weighting)
                 maps[f"cam_{b}_{phase}"] = cam
-                got.append((cam, int(c.pred_class[i]) == int(row.category_id), float(c.true_prob[i])))
-            selected = [(m, p) for m, sel, p in got if sel and p > 0]
+                got.append((cam, int(c.pred_class[i]) == int(row.category_id) and c.true_prob[i] > 0, weight))
+            selected = [(m, w) for m, sel, w in got if sel]
             if selected:
                 fused = _fuse([m for m, _ in selected], [p for _, p in selected], size)
             elif phase == "coarse":  # no branch selected it: the pipeline boxes on the plain average

@@ -110,6 +110,9 @@ class PseudoGTConfig(_Strict):
         1e-4, gt=0.0, le=1.0, description="ε of the SPEC fusion formula; it cancels in the final min-max, so F does not depend on it")
     smooth_window: int = Field(3, ge=1, le=99, description="temporal smoothing window in seconds (odd)")
     sparsify_factor: float = Field(3.0, ge=0.0, le=1000.0, description="zero every pixel below factor*mean")
+    fusion_weighting: Literal["auto", "probability", "contrast"] = Field(
+        "auto", description="branch weights of the CAM fusion: 'probability' = SPEC §5; 'contrast' = probability "
+        "× the CAM's max/mean − 1; 'auto' = contrast when the phase's branches trained from random init")
 
     @field_validator("smooth_window")
     @classmethod

@@ -36,6 +36,7 @@ from sta_models.callbacks import NO_CALLBACKS, Callbacks
 from sta_models.cam_files import CamFile, read_cam_file
 from sta_models.config import PseudoGTConfig
 from sta_models.crop_files import crop_frames, is_box_file, source_features, write_crop_file
+from sta_models.fusion_weights import PROBABILITY, branch_weight
 from sta_models.jsonio import write_json_atomic
 
 BOX_SOURCES = {0: "not in event", 1: "fused selected branches", 2: "average of unselected CAMs", 3: "full frame"}
@@ -446,10 +447,11 @@ def _event_seconds(row: RowLike, t: int) -> np.ndarray:
 
 
 def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
-                  scratch: _Scratch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  scratch: _Scratch, weighting: str = PROBABILITY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes [n, 4], α [n] and box source [n] of one row's event seconds (steps 1 of SPEC §5).
 
     Frame by frame, so a frame's CAMs are converted, fused and profiled while in cache.
+    ``weighting`` (``sta_models.fusion_weights``) applies to the selecting branches only.
     """
     has = np.asarray(g.selected.any(axis=0))
     any_avail = g.available.any(axis=0)
@@ -459,7 +461,11 @@ def _coarse_boxes(g: _Gathered, size: tuple[int, int], cfg: PseudoGTConfig,
     fused = scratch.get("fused", tuple(size))
     for j in range(len(has)):
         use = np.flatnonzero(weights[:, j] > 0)
-        fuse_frame([g.map_at(int(b), j, size, scratch) for b in use], weights[use, j], fused)
+        maps = [g.map_at(int(b), j, size, scratch) for b in use]
+        w = weights[use, j]
+        if has[j] and weighting != PROBABILITY:
+            w = np.array([branch_weight(p, m, weighting) for p, m in zip(w, maps, strict=True)], np.float32)
+        fuse_frame(maps, w, fused)
         prof.set(j, fused)
     boxes, alpha = box_from_profile(prof, cfg.alpha_start, cfg.alpha_step, cfg.min_box)
     source = np.where(has, 1, np.where(any_avail, 2, 3)).astype(np.uint8)
@@ -477,7 +483,8 @@ def _crop_preview(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.nd
 
 
 def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out_dir: Path,
-              cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
+              cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True,
+              weighting: str = PROBABILITY) -> dict[str, Any] | None:
     """Write one row's crop file (boxes) and previews; its summary, or None when its feature file is missing."""
     feat = Path(feature_dir) / f"{row.video_id}.h5"
     if not feat.exists():
@@ -490,7 +497,8 @@ def _crop_row(row: RowLike, cam_dirs: Mapping[str, Path], feature_dir: Path, out
         step = max(1, len(secs) // PREVIEWS_PER_ROW)
         shown = [int(s) for s in secs[::step][:PREVIEWS_PER_ROW]] if preview else []
         frames = np.stack([f["frames"][s] for s in shown]) if shown else None  # previews only
-    ev_boxes, ev_alpha, source = _coarse_boxes(_gather(cam_dirs, row, secs, scratch), (h, w), cfg, scratch)
+    ev_boxes, ev_alpha, source = _coarse_boxes(_gather(cam_dirs, row, secs, scratch), (h, w), cfg, scratch,
+                                               weighting)
 
     boxes = np.tile(np.array([0, 0, h, w], np.int32), (t, 1))
     in_event = np.zeros(t, bool)
@@ -521,8 +529,11 @@ def coarse_boxes_and_crops(
     out_dir: Path,
     cfg: PseudoGTConfig | None = None,
     callbacks: Callbacks = NO_CALLBACKS,
+    weighting: str = PROBABILITY,
 ) -> dict[str, Any]:
     """Fuse the coarse CAMs, box and smooth, and write one crop file per row.
+
+    ``weighting``: the branch weights of the fusion (``sta_models.fusion_weights``; default SPEC §5).
 
     Output ``out_dir/<row.key>.h5`` (``sta_models.crop_files``, format 2): ``boxes`` [T,4] int32,
     ``has_box`` [T] bool, ``box_source`` [T] uint8 (``BOX_SOURCES``), ``box_alpha`` [T] float32
@@ -534,12 +545,14 @@ def coarse_boxes_and_crops(
     rows = list(rows)
     out_dir = Path(out_dir)
     (out_dir / "previews").mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"rows": len(rows), "written": 0, "missing_features": [], "box_sources": Counter()}
+    summary: dict[str, Any] = {"rows": len(rows), "written": 0, "missing_features": [], "box_sources": Counter(),
+                               "fusion_weighting": weighting}
     per_row: dict[str, Any] = {}
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch, summary["written"] < PREVIEW_ROWS)
+        res = _crop_row(row, cam_dirs, feature_dir, out_dir, cfg, scratch, summary["written"] < PREVIEW_ROWS,
+                        weighting)
         if res is None:
             summary["missing_features"].append(row.key)
             callbacks.log(f"crops: {row.key}: no feature file {row.video_id}.h5, skipped")
@@ -596,7 +609,8 @@ def _preview(frame_crop: np.ndarray, box: np.ndarray, heat: np.ndarray) -> np.nd
 
 
 def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[int, int],
-               seconds: np.ndarray, cfg: PseudoGTConfig, scratch: _Scratch) -> np.ndarray:
+               seconds: np.ndarray, cfg: PseudoGTConfig, scratch: _Scratch,
+               weighting: str = PROBABILITY) -> np.ndarray:
     """Pseudo-GT maps [len(keep), H, W] float32 (in ``scratch``) for event seconds ``keep``.
 
     Steps 4–6 of SPEC §5: fine CAMs pasted at ``boxes`` [n, 4], fused, summed over the temporal
@@ -606,14 +620,17 @@ def _fine_maps(g: _Gathered, keep: np.ndarray, boxes: np.ndarray, size: tuple[in
     out = scratch.get("gt", (len(keep), *size))
     for i, j in enumerate(keep):
         use = np.flatnonzero(g.selected[:, j] & (g.probs[:, j] > 0))
-        fuse_frame([g.pasted(int(b), j, boxes[j], size, scratch) for b in use], g.probs[use, j], fused[i])
+        # the weight reads the crop's own CAM, before pasting (a box's size is no contrast)
+        w = [branch_weight(g.probs[b, j], g.cam(int(b), j, scratch), weighting) for b in use]
+        fuse_frame([g.pasted(int(b), j, boxes[j], size, scratch) for b in use], w, fused[i])
     for i, nbrs in enumerate(temporal_neighbours(seconds, cfg.smooth_window)):
         _sparsify_normalised(_normalise(_window_sum(fused, nbrs, out[i])), cfg.sparsify_factor)
     return out
 
 
 def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, out_dir: Path,
-                   cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True) -> dict[str, Any] | None:
+                   cfg: PseudoGTConfig, scratch: _Scratch, preview: bool = True,
+                   weighting: str = PROBABILITY) -> dict[str, Any] | None:
     """Write one row's pseudo-GT file and previews; its report entry, or None without a crop file."""
     crop = Path(crop_dir) / f"{row.key}.h5"
     if not crop.exists():
@@ -640,7 +657,7 @@ def _pseudo_gt_row(row: RowLike, cam_dirs: Mapping[str, Path], crop_dir: Path, o
                     if picked else []
         else:
             frames = [f["frames"][s] for s in picked]  # one read each (h5py point lists are slow)
-    gt = _fine_maps(g, keep, boxes_all[secs], (h, w), out_secs, cfg, scratch)
+    gt = _fine_maps(g, keep, boxes_all[secs], (h, w), out_secs, cfg, scratch, weighting)
 
     def write(f: h5py.File) -> None:
         f.create_dataset("maps", data=to_float16(gt), chunks=(1, *gt.shape[1:]) if len(gt) else None)
@@ -667,8 +684,11 @@ def fuse_pseudo_gt(
     out_dir: Path,
     cfg: PseudoGTConfig | None = None,
     callbacks: Callbacks = NO_CALLBACKS,
+    weighting: str = PROBABILITY,
 ) -> dict[str, Any]:
     """Paste the fine CAMs back at their boxes, fuse, smooth in time and sparsify.
+
+    ``weighting``: the branch weights of the fusion (``sta_models.fusion_weights``; default SPEC §5).
 
     Writes ``out_dir/<row.key>.h5`` (``maps`` [n,H,W] float16, ``seconds`` [n] int32, ``boxes``
     [n,4] int32), ``out_dir/previews/<row.key>_s<sec>.png`` and ``out_dir/report.json``
@@ -678,12 +698,13 @@ def fuse_pseudo_gt(
     rows = list(rows)
     out_dir = Path(out_dir)
     (out_dir / "previews").mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"rows": {}, "missing_crops": [], "reasons": Counter()}
+    report: dict[str, Any] = {"rows": {}, "missing_crops": [], "reasons": Counter(), "fusion_weighting": weighting}
     n_maps = 0
     scratch = _Scratch()
     for done, row in enumerate(rows):
         callbacks.check_cancel()
-        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch, len(report["rows"]) < PREVIEW_ROWS)
+        res = _pseudo_gt_row(row, cam_dirs, crop_dir, out_dir, cfg, scratch, len(report["rows"]) < PREVIEW_ROWS,
+                             weighting)
         if res is None:
             report["missing_crops"].append(row.key)
             report["rows"][row.key] = {"seconds": [], "without": {}, "error": "no crop file"}
@@ -701,4 +722,5 @@ def fuse_pseudo_gt(
         "missing_crops": report["missing_crops"],
         "reasons": report["reasons"],
         "report": str(out_dir / "report.json"),
+        "fusion_weighting": weighting,
     }

@@ -22,7 +22,7 @@ def _inputs(folder: Path, feature_dir: Path, video_ids: list[str]) -> Path:
 
 
 def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
-    from sta_models.ablation import AblationInputs, format_ablation
+    from sta_models.ablation import AblationInputs, format_ablation, recorded_weighting
     from sta_models.evaluation import format_table
     from sta_models.evaluation_stage import score_predictions
     from sta_models.predict import predict_videos
@@ -55,7 +55,9 @@ def evaluate_stage(ctx: StageContext, dataset: Any) -> dict[str, Any]:
         summary["metrics"] = None
         return summary
     inputs = AblationInputs(cams_coarse=ctx.inputs["cams_coarse"], crops=ctx.inputs["crops"],
-                            cams_fine=ctx.inputs["cams_fine"], pseudo_gt=ctx.inputs["pseudo_gt"], predictions=pred_dir)
+                            cams_fine=ctx.inputs["cams_fine"], pseudo_gt=ctx.inputs["pseudo_gt"], predictions=pred_dir,
+                            weighting_coarse=recorded_weighting(ctx.inputs["crops"] / "crops.json"),
+                            weighting_fine=recorded_weighting(ctx.inputs["pseudo_gt"] / "report.json"))
     scored = score_predictions(pred_dir, gt_dir, ctx.output_dir, feature_dir=feature_dir, test_rows=dataset.test,
                                ablation_inputs=inputs, videos=test_ids, cfg=cfg, callbacks=ctx.callbacks)
     sta, centre, ablation = scored.sta, scored.centre, scored.result.ablation

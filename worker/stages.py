@@ -170,13 +170,17 @@ def _cams(phase: str, features: str) -> Any:
     return body
 
 
+def _trainings(phase: str) -> tuple[str, ...]:
+    return tuple(f"train_{b}_{phase}" for b in BRANCHES)
+
+
 def _branch_devices(phase: str, branch: str) -> Callable[[Any], list[str]]:
     return lambda config: [_phase_config(config, phase)[branch].device]
 
 
 def _branch_stages(phase: str, features: str, after: str) -> None:
     """``train_<branch>_<phase>`` for every branch, then ``cams_<phase>`` over them."""
-    trainings = tuple(f"train_{b}_{phase}" for b in BRANCHES)
+    trainings = _trainings(phase)
     for b in BRANCHES:
         GRAPH.stage(f"train_{b}_{phase}", queue=Queue.GPU, depends_on=(after,), inputs=(features,),
                     config=(("split_seed",), (phase, b)),
@@ -191,7 +195,19 @@ def _branch_stages(phase: str, features: str, after: str) -> None:
 _branch_stages("coarse", features="extract", after="extract")
 
 
-@GRAPH.stage("crops", queue=Queue.CPU, depends_on=("cams_coarse",), inputs=("extract", "cams_coarse"),
+def _fusion_weighting(ctx: StageContext, phase: str) -> str:
+    """The fusion's branch weights: ``pseudo_gt.fusion_weighting``, ``auto`` resolved from the
+    phase's training records (contrast-weighted when a branch trained from random init)."""
+    from sta_models.fusion_weights import resolve_weighting
+
+    records = [ctx.inputs[kind] / "record.json" for kind in _trainings(phase)]
+    weighting = resolve_weighting(ctx.config.pseudo_gt.fusion_weighting, records)
+    ctx.callbacks.log(f"{phase} fusion: {weighting}-weighted branch CAMs")
+    return weighting
+
+
+@GRAPH.stage("crops", queue=Queue.CPU, depends_on=("cams_coarse",),
+             inputs=("extract", "cams_coarse", *_trainings("coarse")),
              config=(("pseudo_gt",),), artefacts={".h5": "crops"},
              calls="sta_models.pseudogt.coarse_boxes_and_crops")
 def body_crops(ctx: StageContext) -> None:
@@ -201,7 +217,8 @@ def body_crops(ctx: StageContext) -> None:
     splits = _splits(ctx, feature_dir)
     cam_dirs = {b: ctx.inputs["cams_coarse"] / b for b in BRANCHES}
     res = coarse_boxes_and_crops(cam_dirs, splits["train"] + splits["val"] + splits["test"], feature_dir,
-                                 ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+                                 ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks,
+                                 weighting=_fusion_weighting(ctx, "coarse"))
     ctx.summary = _jsonable(res)
 
 
@@ -212,7 +229,8 @@ _branch_stages("fine", features="crops", after="crops")
 # pseudo ground truth, STA, evaluation
 
 
-@GRAPH.stage("pseudo_gt", queue=Queue.CPU, depends_on=("cams_fine",), inputs=("crops", "cams_fine"),
+@GRAPH.stage("pseudo_gt", queue=Queue.CPU, depends_on=("cams_fine",),
+             inputs=("crops", "cams_fine", *_trainings("fine")),
              config=(("pseudo_gt",),), artefacts={".h5": "pseudo_gt"}, calls="sta_models.pseudogt.fuse_pseudo_gt")
 def body_pseudo_gt(ctx: StageContext) -> None:
     from sta_models.pseudogt import fuse_pseudo_gt
@@ -220,7 +238,8 @@ def body_pseudo_gt(ctx: StageContext) -> None:
     splits = _splits(ctx, ctx.inputs["crops"])
     cam_dirs = {b: ctx.inputs["cams_fine"] / b for b in BRANCHES}
     res = fuse_pseudo_gt(cam_dirs, ctx.inputs["crops"], splits["train"] + splits["val"] + splits["test"],
-                         ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks)
+                         ctx.output_dir, ctx.config.pseudo_gt, ctx.callbacks,
+                         weighting=_fusion_weighting(ctx, "fine"))
     ctx.summary = _jsonable(res)
     if isinstance(ctx.summary, dict):
         ctx.summary.pop("rows", None)  # per-row detail stays in report.json
