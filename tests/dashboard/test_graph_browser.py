@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from stapipe_settings import Settings
-from worker.stages import STAGES
+from worker.stages import GRAPH
 
 from .browser_stack import logged_in_page
 from .conftest import make_pipeline
@@ -34,7 +34,7 @@ def test_every_dependency_has_an_arrow(server: str, session: Session, settings: 
                                       artifacts_dir: Path) -> None:
     p = make_pipeline(session, settings, statuses={"extract": "succeeded", "train_s_coarse": "succeeded",
                                                    "train_sa_coarse": "running", "train_st_coarse": "queued"})
-    expected = {(dep, s.kind) for s in STAGES for dep in s.depends_on}
+    expected = {(dep, s.kind) for s in GRAPH.required for dep in s.depends_on}
     assert len(expected) == 16
     with logged_in_page(server) as page:
         page.goto(f"{server}/pipelines/{p.id}")
