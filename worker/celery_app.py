@@ -6,6 +6,7 @@ Every setting below is chosen for hour-long GPU stages; docs/decisions.md repeat
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def send(what: str, obj_id: int, queue: str, token: str) -> None:
     producer_app().send_task(name, args=[obj_id], queue=queue, task_id=token, ignore_result=True)
 
 
-def message_exists(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+def message_exists(settings: Settings | None = None) -> Callable[[str, str], bool]:
     """A ``(queue, token) -> bool`` check of whether the broker still holds a task message
     (waiting or delivered-unacked); used to re-send queued stages whose message vanished."""
     settings = settings or get_settings()

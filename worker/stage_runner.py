@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -33,6 +33,9 @@ from worker.dispatch import send_all
 from worker.logs import StageLog, stage_logging
 from worker.stage_context import DEFAULT_OUTAGE_S, HEARTBEAT_S, REDELIVERY_STALE_S, Inputs, StageContext
 from worker.stage_graph import StageSpec
+
+if TYPE_CHECKING:
+    from sta_models.callbacks import Callbacks
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,8 @@ class DbCallbacks:
     _pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch → row not yet written
     _down_since: float | None = None  # monotonic time of the first failure of the current outage
 
-    def build(self):  # type: ignore[no-untyped-def]
+    def build(self) -> Callbacks:
+        """The library's callbacks, bound to this attempt's DB writes."""
         from sta_models.callbacks import Callbacks
 
         return Callbacks(epoch_end=self.epoch_end, progress=self.progress,
