@@ -47,6 +47,7 @@ from sta_models.config import PseudoGTConfig, preset
 from sta_models.crop_files import crop_frames
 from sta_models.datasets import FeatureDataset, close_handles
 from sta_models.disk_estimate import DatasetSize, estimate
+from worker.disk import folder_bytes  # each inode once, as `stapipe gc` counts
 
 SIZE, SECONDS = 356, 10
 NATIVE = {"s": 16, "sa": 8, "st": 8}
@@ -169,19 +170,6 @@ def estimates() -> dict:
     return out
 
 
-def tree_bytes(root: Path) -> int:
-    """Bytes of the files under ``root``, each inode once (a hard link is no second copy)."""
-    seen: dict[tuple[int, int], int] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            seen[(st.st_dev, st.st_ino)] = st.st_size
-    return sum(seen.values())
-
-
 def run_pipeline(home: Path, overrides: list[str]) -> dict:
     """Run the ``tiny`` demo pipeline in ``home``; per-stage bytes, total and the peak while running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAPIPE_")}
@@ -194,7 +182,7 @@ def run_pipeline(home: Path, overrides: list[str]) -> dict:
     def sample() -> None:
         while not stop.wait(0.2):
             root = home / "artefacts"
-            n = tree_bytes(root) if root.is_dir() else 0
+            n = folder_bytes(root) if root.is_dir() else 0
             if n > peak[0]:
                 running = [d.name for d in root.glob("*/*") if (d / "last.pt").exists()]
                 peak[:] = [n, ", ".join(sorted(running))]
@@ -212,7 +200,7 @@ def run_pipeline(home: Path, overrides: list[str]) -> dict:
     for kind, output_dir, n, files in db.execute(
             "select s.kind, s.output_dir, coalesce(sum(a.size), 0), count(a.id) from stages s "
             "left join artefacts a on a.stage_id = s.id group by s.id order by s.position"):
-        du = tree_bytes(Path(output_dir)) if output_dir and Path(output_dir).is_dir() else 0
+        du = folder_bytes(Path(output_dir)) if output_dir and Path(output_dir).is_dir() else 0
         stages.append({"kind": kind, "recorded_bytes": n, "files": files, "du_bytes": du})
     return {"seconds": time.perf_counter() - t0, "stages": stages,
             "recorded_total": sum(s["recorded_bytes"] for s in stages),

@@ -86,16 +86,17 @@ class GcItem:
 
 
 def folder_bytes(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
+    """Bytes of the files under ``path``, each inode once (symlinks not followed; a hard link, such
+    as a running stage's ``prev.weights.pt`` of ``best.pt``, is no second copy on the disk)."""
+    seen: dict[tuple[int, int], int] = {}
     for root, _dirs, files in os.walk(path):
         for name in files:
             try:
                 st = os.lstat(os.path.join(root, name))
             except OSError:
                 continue
-            total += st.st_size
-    return total
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def _key(path: str | Path) -> str:
