@@ -11,14 +11,17 @@ slower than its last one; the branch spends its epochs fitting the class prior t
 The recipe (chosen by measurement, same epochs and batch size): He (Kaiming, fan-in, ReLU gain)
 initialisation of the new layers so the signal keeps its scale, the layers that produce logits
 kept small so the start is a near-uniform guess, a linear learning-rate warm-up over the first
-epoch, and gradient-norm clipping. Pretrained runs never use it (SPEC §3 exactly).
+epoch, and gradient-norm clipping. And for every random-init network (S and STA too, as
+:data:`BN_RECIPE`): BatchNorm statistics recomputed before each validation — the running averages
+lag a fast-moving random-init network, so eval mode predicted one class for every input
+(``sta_models.batchnorm``). Pretrained runs never use either (SPEC §3 exactly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -32,26 +35,44 @@ LINEAR_KINDS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 class ScratchRecipe:
     """What changes against SPEC §3 for a network trained from random init (recorded as is)."""
 
-    name: str = "scratch-v1"
+    name: str = "scratch-v2"
     init: str = "He (Kaiming fan-in, ReLU gain) init of the new layers; logit layers N(0, 0.01)"
+    he_init: bool = True  # False: SPEC §3's N(0, 0.01) new layers
     classifier_std: float = 0.01
     warmup_epochs: float = 1.0
     clip_norm: float | None = 5.0
     lr_scale: float = 3.0  # every group's lr ×3 (SPEC's lr assumes features that already exist)
+    # "precise": before each validation, BatchNorm's running statistics are recomputed from at most
+    # bn_batches training batches of the current weights (sta_models.batchnorm); "running": SPEC's.
+    bn_statistics: Literal["precise", "running"] = "precise"
+    bn_batches: int = 100
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
 
+#: The full recipe: SA and ST (their registry entries say ``scratch_recipe``).
 RECIPE = ScratchRecipe()
-
+#: Every other network from random init (S, STA): SPEC §3's init and steps, BatchNorm statistics
+#: recomputed before validation (S learns under SPEC init; the larger steps made it worse).
+BN_RECIPE = ScratchRecipe(name="scratch-bn-v1", init="SPEC §3 (N(0, 0.01) new layers)", he_init=False,
+                          warmup_epochs=0.0, clip_norm=None, lr_scale=1.0)
 
 
 def applies_to(branch: str) -> bool:
-    """Whether ``branch`` gets the recipe from random init: its registry entry's ``scratch_recipe``
-    (SA, ST; S is left at SPEC, see its entry in ``sta_models.branches``)."""
+    """Whether ``branch`` gets the full recipe from random init: its registry entry's ``scratch_recipe``
+    (SA, ST; S is left at SPEC init and steps, see its entry in ``sta_models.branches``)."""
     spec = BRANCHES.get(branch)
     return spec is not None and spec.scratch_recipe
+
+
+def recipe_for(branch: str | None, weights: Mapping[str, str], setting: str = "auto") -> ScratchRecipe | None:
+    """The recipe a network trains with: None (SPEC §3 exactly) when it is pretrained or
+    ``setting`` is ``"off"``; :data:`RECIPE` for a branch whose entry asks for it; :data:`BN_RECIPE`
+    for any other random-init network (``branch`` None: STA)."""
+    if setting == "off" or not random_sources(weights):
+        return None
+    return RECIPE if branch is not None and applies_to(branch) else BN_RECIPE
 
 
 def random_sources(weights: Mapping[str, str]) -> list[str]:

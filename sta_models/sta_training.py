@@ -32,6 +32,7 @@ from sta_models.config import TrainConfig
 from sta_models.datasets import feature_path, prepare_batch
 from sta_models.evaluation import score_metric
 from sta_models.networks.sta import CENTRE, DEFAULT_CHANNELS, FINEST, STA, build_sta, sta_param_groups
+from sta_models.scratch import ScratchRecipe, recipe_for
 from sta_models.sta_data import StaDataset
 from sta_models.sta_loss import sta_loss, sta_loss_per_item
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record, load_checkpoint
@@ -62,7 +63,8 @@ def frame_size_of(rows: Sequence[AnnotationRow], feature_dir: str | Path) -> int
 
 
 class StaTask(SplitDatasetTask):
-    """The ``TrainTask`` of STA: model, SPEC §3 param groups, STA datasets, SPEC §6 loss."""
+    """The ``TrainTask`` of STA: model, SPEC §3 param groups, STA datasets, SPEC §6 loss; from random
+    init, BatchNorm statistics are recomputed before each validation (``scratch.BN_RECIPE``)."""
 
     def __init__(self, splits: Mapping[str, Sequence[AnnotationRow]], feature_dir: str | Path,
                  pseudo_gt_dir: str | Path, cfg: TrainConfig, *, channels: int = DEFAULT_CHANNELS,
@@ -73,11 +75,13 @@ class StaTask(SplitDatasetTask):
         self.val_ds = StaDataset(val_rows, feature_dir, pseudo_gt_dir, cfg.input_size, train=False)
         self.frame_size = frame_size_of(list(splits["train"]) + list(val_rows), feature_dir)
         self.weights: dict[str, str] = {}
+        self.recipe: ScratchRecipe | None = None
 
     def build_model(self) -> nn.Module:
         model = STA(self.cfg.backbone, self.channels, backbone_weights=self.cfg.backbone_weights,
                     audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weight_sources
+        self.recipe = recipe_for(None, self.weights, self.cfg.scratch_recipe)  # BatchNorm statistics only
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sta_models.batchnorm import recompute_batchnorm
 from sta_models.callbacks import NO_CALLBACKS, Callbacks, Cancelled, EpochMetrics, epoch_line
 from sta_models.config import TrainConfig
 from sta_models.jsonio import write_json_atomic
@@ -599,6 +600,26 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def _precise_batchnorm(task: TrainTask, model: nn.Module, train_ds: Dataset[Any], cfg: TrainConfig, epoch: int,
+                       device: torch.device, max_batches: int, callbacks: Callbacks) -> None:
+    """Recompute BatchNorm statistics from training batches of the epoch's final weights
+    (``sta_models.batchnorm``). Its own seeded order (seed, epoch), so the training sampler's
+    state, and with it an exact resume, is untouched; a final batch of 1 sample is left out."""
+    n = _size(train_ds)
+    sampler = SeededSampler(n, cfg.seed * 100_003 + epoch, shuffle=True)
+    loader = make_loader(train_ds, cfg.batch_size, sampler=sampler, workers=cfg.workers, device=device,
+                         drop_last=n % cfg.batch_size == 1 and n > 1)
+    total = min(len(loader), max_batches)
+
+    def forward(batch: Any) -> None:
+        callbacks.check_cancel()
+        with autocast_for(device):
+            task.loss(model, batch, device)
+
+    recompute_batchnorm(model, loader, forward, max_batches,
+                        on_batch=lambda i: callbacks.on_progress(i, total, f"epoch {epoch} · BatchNorm statistics"))
+
+
 def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks, resume: bool) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / LAST, out_dir / BEST
@@ -733,6 +754,8 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
         lr_used = base_lr(opt)
         sched.step()
 
+        if recipe is not None and recipe.bn_statistics == "precise":
+            _precise_batchnorm(task, model, train_ds, cfg, epoch, device, recipe.bn_batches, callbacks)
         val: dict[str, float] = {}
         if val_loader is not None:
             callbacks.check_cancel()

@@ -26,7 +26,7 @@ from sta_models.networks.branches import (
     param_groups,
     run_branch,
 )
-from sta_models.scratch import RECIPE, ScratchRecipe, applies_to, random_sources, scratch_init
+from sta_models.scratch import ScratchRecipe, recipe_for, scratch_init
 from sta_models.trainer import SplitDatasetTask, TrainResult, fit_and_record
 from sta_models.training_health import branch_warnings
 
@@ -43,9 +43,10 @@ class BranchTask(SplitDatasetTask):
     Validation: CE loss as in training, top-1 accuracy of the frame prediction
     (``BranchOutput.prediction``, the centre frame for ST); ``score`` = top-1 accuracy; and
     ``cam_peak``, the mean max/mean of the true-class CAM (1 = flat; the health check reads it).
-    A random-init branch whose registry entry says ``scratch_recipe`` (SA, ST) gets the
-    from-scratch recipe (``sta_models.scratch``) unless ``cfg.scratch_recipe == "off"``;
-    ``recipe`` says which (None = SPEC §3; always for S).
+    From random init a branch gets a from-scratch recipe (``sta_models.scratch.recipe_for``)
+    unless ``cfg.scratch_recipe == "off"``: the full one where its registry entry says
+    ``scratch_recipe`` (SA, ST), else BatchNorm statistics only (S); ``recipe`` says which
+    (None = SPEC §3 exactly: pretrained or off).
     """
 
     def __init__(self, branch: str, splits: Mapping[str, Sequence[Any]], feature_dir: str | Path,
@@ -62,10 +63,9 @@ class BranchTask(SplitDatasetTask):
                              backbone_weights=self.cfg.backbone_weights,
                              audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weights_record()
-        self.recipe = None
-        if self.cfg.scratch_recipe == "auto" and applies_to(self.branch) and random_sources(self.weights):
-            self.recipe = RECIPE
-            scratch_init(model.new_modules(), model.logit_layers(), RECIPE.classifier_std)
+        self.recipe = recipe_for(self.branch, self.weights, self.cfg.scratch_recipe)
+        if self.recipe is not None and self.recipe.he_init:
+            scratch_init(model.new_modules(), model.logit_layers(), self.recipe.classifier_std)
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from sta_models.config import TrainConfig
+from sta_models.scratch import RECIPE
 from sta_models.training import train_branch
 from stapipe_settings import Settings
 from tests.models.conftest import make_row, write_features
@@ -55,7 +56,7 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
                                               session: Session, settings: Settings, artifacts_dir: Path) -> None:
     api = browser_client  # GETs with the session cookie
     codes = [w["code"] for w in at_chance_summary["warnings"]]
-    assert "at_chance" in codes and at_chance_summary["recipe"]["name"] == "scratch-v1"
+    assert "at_chance" in codes and at_chance_summary["recipe"]["name"] == RECIPE.name
     p = make_pipeline(session, settings, statuses={"train_s_coarse": "succeeded", "train_sa_coarse": "succeeded"})
     stage = stage_of(p, "train_sa_coarse")
     stage.summary = at_chance_summary
@@ -68,7 +69,8 @@ def test_warnings_in_the_api_pages_and_follow(at_chance_summary: dict, browser_c
 
     stage_html = browser_client.get(f"/stages/{stage.id}").get_data(as_text=True)
     assert 'id="stage-warnings"' in stage_html and "below 1.5× chance" in stage_html
-    assert 'id="stage-recipe"' in stage_html and "scratch-v1" in stage_html and "audio, backbone from random init" in stage_html
+    assert 'id="stage-recipe"' in stage_html and RECIPE.name in stage_html and "audio, backbone from random init" in stage_html
+    assert "BatchNorm statistics recomputed before each validation" in stage_html
     pipe_html = browser_client.get(f"/pipelines/{p.id}").get_data(as_text=True)
     assert 'id="pipeline-warnings"' in pipe_html and 'data-kind="train_sa_coarse" data-code="at_chance"' in pipe_html
 

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from sta_models.config import TrainConfig
+from sta_models.scratch import RECIPE
 from sta_models.training import train_branch
 from stapipe_settings import Settings
 from worker.logs import StageLog
@@ -48,11 +49,11 @@ def test_recipe_is_shown_while_the_stage_trains(browser_client: FlaskClient, ses
     cfg = TrainConfig(backbone="resnet18", input_size=32, epochs=1, batch_size=3, workers=0, device="cpu")
     result = train_branch("sa", rows, feat, tmp_path / "out", cfg, dataclasses.replace(cbs, progress=progress),
                           use_cache=False)
-    assert result.record["recipe"]["name"] == "scratch-v1"  # what the finished record will say
+    assert result.record["recipe"]["name"] == RECIPE.name  # what the finished record will say
     html, body = seen[0]
-    assert body["status"] == "running" and body["summary"]["recipe"]["name"] == "scratch-v1", body
+    assert body["status"] == "running" and body["summary"]["recipe"]["name"] == RECIPE.name, body
     assert body["summary"]["random_init"] == ["audio", "backbone"]
     assert 'id="stage-recipe"' in html and "Training with the from-scratch recipe" in html
-    assert "scratch-v1" in html and "audio, backbone from random init" in html
+    assert RECIPE.name in html and "audio, backbone from random init" in html
     _screenshots(browser_client, [f"/stages/{stage_id}"], artifacts_dir / "recipe-while-running",
                  wait_for="#stage-recipe")
