@@ -1,7 +1,8 @@
 """Progress in words people read: "epoch 3/6 · batch 40/88", "12/40 videos (1 failed)".
 
 One function for the pages, the API and the terminal. The trainer reports batches within an epoch
-as ``(batch, batches, "epoch N")``; the epoch total comes from the pipeline's config.
+as ``(batch, batches, "epoch N")`` (or ``"epoch N · <phase>"`` for a pass after the training
+batches: "epoch 3/6 · BatchNorm statistics · batch 2/5"); the epoch total comes from the config.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-_EPOCH = re.compile(r"^epoch (\d+)$")
+_EPOCH = re.compile(r"^epoch (\d+)(?: · (.+))?$")  # "epoch 3", or a phase in it: "epoch 3 · BatchNorm statistics"
 
 
 def epochs_total(kind: str, config: dict[str, Any] | None) -> int | None:
@@ -34,7 +35,8 @@ def progress_text(kind: str, config: dict[str, Any] | None, done: int, total: in
     match = _EPOCH.match(what or "")
     if match:
         n = epochs_total(kind, config)
-        return f"epoch {match.group(1)}{f'/{n}' if n else ''} · batch {done}/{total}"
+        phase = f" · {match.group(2)}" if match.group(2) else ""
+        return f"epoch {match.group(1)}{f'/{n}' if n else ''}{phase} · batch {done}/{total}"
     text = f"{done}/{total}"
     if what:
         text += f" {what}"

@@ -58,6 +58,9 @@ def test_progress_reads_epoch_of_epochs_and_batch_of_batches(browser_client: Fla
     assert "epoch 3/6 · batch 40/88" in browser_client.get(f"/stages/{s.id}").get_data(as_text=True)
     assert "epoch 3/6 · batch 40/88" in browser_client.get(f"/pipelines/{p.id}").get_data(as_text=True)
     assert progress_text("extract", {}, 3, 9, "videos", 1) == "3/9 videos (1 failed)"
+    # the trainer's BatchNorm pass after an epoch's batches (sta_models.trainer._precise_batchnorm)
+    assert (progress_text("train_sa_coarse", p.config, 2, 5, "epoch 3 · BatchNorm statistics")
+            == "epoch 3/6 · BatchNorm statistics · batch 2/5")
     assert (rounded(0.41666666666), rounded(None), rounded(12), rounded(1e-7)) == ("0.417", "–", "12", "1.00e-07")
 
 
