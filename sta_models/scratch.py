@@ -11,16 +11,18 @@ slower than its last one; the branch spends its epochs fitting the class prior t
 The recipe (chosen by measurement, same epochs and batch size): He (Kaiming, fan-in, ReLU gain)
 initialisation of the new layers so the signal keeps its scale, the layers that produce logits
 kept small so the start is a near-uniform guess, a linear learning-rate warm-up over the first
-epoch, and gradient-norm clipping. And for every random-init network (S and STA too, as
-:data:`BN_RECIPE`): BatchNorm statistics recomputed before each validation — the running averages
-lag a fast-moving random-init network, so eval mode predicted one class for every input
-(``sta_models.batchnorm``). Pretrained runs never use either (SPEC §3 exactly).
+epoch, and gradient-norm clipping. And for every random-init network (S as :data:`BN_RECIPE`,
+STA as :data:`STA_RECIPE`): BatchNorm statistics recomputed before each validation — the running
+averages lag a fast-moving random-init network, so eval mode predicted one class for every input
+(``sta_models.batchnorm``). STA also clips its gradient norm at 5: from random init, on a
+pseudo-GT from better-trained branches, its loss ran to NaN at epoch 6 (measured, method-notes
+"Gradient clipping for STA"). Pretrained runs never use any of them (SPEC §3 exactly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from torch import nn
@@ -53,10 +55,13 @@ class ScratchRecipe:
 
 #: The full recipe: SA and ST (their registry entries say ``scratch_recipe``).
 RECIPE = ScratchRecipe()
-#: Every other network from random init (S, STA): SPEC §3's init and steps, BatchNorm statistics
+#: Every other branch from random init (S): SPEC §3's init and steps, BatchNorm statistics
 #: recomputed before validation (S learns under SPEC init; the larger steps made it worse).
 BN_RECIPE = ScratchRecipe(name="scratch-bn-v1", init="SPEC §3 (N(0, 0.01) new layers)", he_init=False,
                           warmup_epochs=0.0, clip_norm=None, lr_scale=1.0)
+#: STA from random init: :data:`BN_RECIPE` plus gradient-norm clipping at 5, which kept its loss
+#: finite and monotone where SPEC's unclipped steps diverged (and cost nothing where they did not).
+STA_RECIPE = replace(BN_RECIPE, name="scratch-sta-v1", clip_norm=5.0)
 
 
 def applies_to(branch: str) -> bool:
@@ -69,10 +74,12 @@ def applies_to(branch: str) -> bool:
 def recipe_for(branch: str | None, weights: Mapping[str, str], setting: str = "auto") -> ScratchRecipe | None:
     """The recipe a network trains with: None (SPEC §3 exactly) when it is pretrained or
     ``setting`` is ``"off"``; :data:`RECIPE` for a branch whose entry asks for it; :data:`BN_RECIPE`
-    for any other random-init network (``branch`` None: STA)."""
+    for any other random-init branch; :data:`STA_RECIPE` for STA (``branch`` None)."""
     if setting == "off" or not random_sources(weights):
         return None
-    return RECIPE if branch is not None and applies_to(branch) else BN_RECIPE
+    if branch is None:
+        return STA_RECIPE
+    return RECIPE if applies_to(branch) else BN_RECIPE
 
 
 def random_sources(weights: Mapping[str, str]) -> list[str]:

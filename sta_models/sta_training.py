@@ -64,7 +64,8 @@ def frame_size_of(rows: Sequence[AnnotationRow], feature_dir: str | Path) -> int
 
 class StaTask(SplitDatasetTask):
     """The ``TrainTask`` of STA: model, SPEC §3 param groups, STA datasets, SPEC §6 loss; from random
-    init, BatchNorm statistics are recomputed before each validation (``scratch.BN_RECIPE``)."""
+    init, BatchNorm statistics are recomputed before each validation and the gradient norm is
+    clipped at 5 (``scratch.STA_RECIPE``)."""
 
     def __init__(self, splits: Mapping[str, Sequence[AnnotationRow]], feature_dir: str | Path,
                  pseudo_gt_dir: str | Path, cfg: TrainConfig, *, channels: int = DEFAULT_CHANNELS,
@@ -81,7 +82,7 @@ class StaTask(SplitDatasetTask):
         model = STA(self.cfg.backbone, self.channels, backbone_weights=self.cfg.backbone_weights,
                     audio_weights=self.cfg.audio_weights, use_cache=self.use_cache)
         self.weights = model.weight_sources
-        self.recipe = recipe_for(None, self.weights, self.cfg.scratch_recipe)  # BatchNorm statistics only
+        self.recipe = recipe_for(None, self.weights, self.cfg.scratch_recipe)  # BatchNorm statistics, clipping
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

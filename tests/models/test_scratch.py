@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from sta_models.config import TrainConfig
+from sta_models.networks.backbones import RANDOM_INIT
 from sta_models.networks.branches import branch_loss, build_branch, run_branch
-from sta_models.scratch import BN_RECIPE, RECIPE, scratch_init, warmup_factor
+from sta_models.scratch import BN_RECIPE, RECIPE, STA_RECIPE, recipe_for, scratch_init, warmup_factor
 from sta_models.training import train_branch
 from sta_models.training_health import branch_warnings, nan_warnings
 
@@ -87,6 +88,9 @@ def test_pretrained_runs_keep_spec(tmp_path: Path) -> None:
                      use_cache=False)
     off.build_model()
     assert off.recipe is None
+    random = {"backbone": RANDOM_INIT, "audio": RANDOM_INIT}
+    assert recipe_for(None, random) is STA_RECIPE and recipe_for(None, random, "off") is None  # STA
+    assert recipe_for(None, {"backbone": "file:x", "audio": "file:y"}) is None
 
 
 def test_warmup_is_linear_over_the_first_epoch() -> None:
@@ -104,3 +108,15 @@ def test_health_checks() -> None:
     nan = [{**good[0], "val_loss": float("nan")}, {**good[1], "extra": {"cc": float("inf")}}]
     (w,) = nan_warnings(nan)
     assert w["code"] == "nan" and "val_loss in epoch 1" in w["message"] and "cc in epoch 2" in w["message"]
+
+
+def test_demo_preset_gives_st_its_measured_epochs() -> None:
+    """``demo``: ST trains 8 epochs coarse and fine (at 6 its loss still fell steeply and 2 of 5
+    seeds ended at exactly 2× chance; method-notes), the other branches 6; no decay inside the run."""
+    from sta_models.config import preset
+
+    cfg = preset("demo")
+    for phase in (cfg.coarse, cfg.fine):
+        assert {b: c.epochs for b, c in phase.items()} == {"s": 6, "sa": 6, "st": 8}
+        assert all(c.decay_epochs == [c.epochs + 1] for c in phase.values())
+    assert {c.epochs for c in preset("tiny").coarse.values()} == {6}

@@ -61,6 +61,32 @@ def test_resume_after_epoch_one_gives_the_same_run(trained_sta, tiny_data, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_random_init_sta_trains_with_clipped_gradients(trained_sta, tiny_data, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """From random init STA uses ``scratch-sta-v1``: SPEC steps, precise BatchNorm statistics and
+    the gradient norm clipped at 5 on every step (its loss ran to NaN unclipped; method-notes)."""
+    from sta_models.scratch import STA_RECIPE
+
+    result, _, _ = trained_sta
+    assert result.record["recipe"] == STA_RECIPE.record()
+    assert STA_RECIPE.clip_norm == 5.0 and not STA_RECIPE.he_init and STA_RECIPE.lr_scale == 1.0
+    clipped: list[tuple[float, float]] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):  # the real clipping runs; the spy records its norms
+        params = list(params)
+        total = real_clip(params, max_norm, *args, **kwargs)
+        after = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        clipped.append((float(max_norm), float(after)))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    feats, gts, splits = tiny_data
+    train_sta(splits, feats, gts, tmp_path, tiny_config(epochs=1), channels=8, use_cache=False)
+    assert len(clipped) == 2  # 8 samples, batch 4: every step clipped
+    assert all(max_norm == 5.0 and after <= 5.0 + 1e-3 for max_norm, after in clipped), clipped
+
+
 def test_cancel_leaves_a_consistent_checkpoint(tiny_data, tmp_path: Path) -> None:
     feats, gts, splits = tiny_data
     with pytest.raises(Cancelled):
