@@ -48,6 +48,7 @@ class BranchSpec:
     min_event_s: int = 1  # rows with a shorter event get no sample, no CAM
     scratch_recipe: bool = False  # the from-scratch recipe applies from random init (sta_models.scratch)
     paper_batch_size: int = 64  # the paper preset's batch size (coarse and fine)
+    demo_epochs: int | None = None  # the demo preset's epochs for this branch (None: the preset's own)
     stride: int = 32
     params: Mapping[str, int] = field(default_factory=dict)
     description: str = ""
@@ -133,6 +134,10 @@ register_branch(BranchSpec(
     name="st", label="ST", network="sta_models.networks.branches:STBranch", inputs=("frames",), window=3,
     loss="sta_models.networks.branches:window_loss", min_event_s=TEMPORAL_MIN_EVENT_S,
     scratch_recipe=True, paper_batch_size=20,
+    # demo: 8 epochs — at 6 its loss still fell steeply and 2 of 5 seeds ended at exactly 2×
+    # chance; ST is the cheapest branch (~4 s an epoch on 2 cores; docs/method-notes.md,
+    # "ST coarse on the demo set")
+    demo_epochs=8,
     params={"resnet18": 12_105_162, "resnet50": 37_763_179, "resnext101_32x8d": 101_147_294},
     description="frames t−1, t, t+1 (temporal mask); CAM and prediction of the centre frame",
 ))

@@ -194,10 +194,9 @@ _PRESET_BUILDERS: dict[str, Callable[[], PipelineConfig]] = {
     # leave the class prior from random init (docs/method-notes.md, "BatchNorm statistics")
     "tiny": lambda: _small("tiny", size=112, coarse_in=96, fine_in=96, epochs=6, sta_epochs=6, min_box=32,
                            branch_batch=4),
-    # demo: ST 8 epochs — at 6 its loss still fell steeply and 2 of 5 seeds ended at exactly 2×
-    # chance; ST is the cheapest branch (~4 s an epoch on 2 cores; "ST coarse on the demo set")
+    # demo: a branch may ask for more epochs than 6 (BranchSpec.demo_epochs: ST's 8)
     "demo": lambda: _small("demo", size=160, coarse_in=96, fine_in=112, epochs=6, sta_epochs=8, min_box=45,
-                           branch_epochs={"st": 8}),
+                           branch_epochs={b: s.demo_epochs for b, s in BRANCH_SPECS.items() if s.demo_epochs}),
     "paper": _paper,
 }
 PRESETS: tuple[str, ...] = tuple(_PRESET_BUILDERS)
