@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_dashboard.py",  # issue 6: dashboard latency on PostgreSQL with 200 pipelines
     "bench_end_to_end.py",  # issue 7: the demo preset end to end, STA vs centre bias vs pseudo-GT
     "bench_every_frame.py",  # issue 13: predict --every-frame (features reused) vs three backbone passes per frame
+    "bench_cpu_threads.py",  # issue 18: two trainings side by side, torch default threads vs the shared count
 )
 
 

@@ -635,6 +635,7 @@ def _fit(task: TrainTask, cfg: TrainConfig, out_dir: Path, callbacks: Callbacks,
     callbacks.on_started({"recipe": recipe.record() if recipe is not None else None,
                           "random_init": random_sources(getattr(task, "weights", {}))})
     groups = task.param_groups(model)
+    callbacks.log(f"training on {device}" + ("" if cuda else f" with {torch.get_num_threads()} CPU thread(s)"))
     model.to(device)
     if cuda:
         to_channels_last(model)

@@ -27,7 +27,7 @@ from db.session import rowcount, session_scope
 from db.transient import DatabaseUnavailable, is_transient, retry
 from db.upsert import upsert
 from sta_models.jsonio import finite_json
-from worker import fanout, handback, pipeline_state
+from worker import cpu_threads, fanout, handback, pipeline_state
 from worker.artefacts import record_folder
 from worker.dispatch import send_all
 from worker.logs import StageLog, stage_logging
@@ -233,12 +233,14 @@ class DbCallbacks:
     def started(self, info: dict[str, Any]) -> None:
         """The run's setup (recipe, random-init sources) as the stage's summary while it runs; the
         summary written on success replaces it. Best effort, like progress."""
+        cpu_threads.rebalance(self.message, force=True)  # before the trainer logs its thread count
         with contextlib.suppress(DatabaseUnavailable):
             self._write(lambda s: s.execute(update(Stage).where(Stage.id == self.stage_id).values(
                 summary=finite_json(json.loads(json.dumps(info, default=str))), updated_at=utcnow())),
                 0, "recording the run's setup")
 
     def cancel_requested(self) -> bool:
+        cpu_threads.rebalance(self.message)  # a batch boundary: follow the worker's load (throttled)
         if handback.requested():  # the worker is stopping: stop now, worker.handback hands the stage back
             return True
         now = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Any
 from celery import signals
 from sqlalchemy import select
 
+import worker.cpu_threads  # noqa: F401  (the pool children share the CPU threads)
 import worker.handback  # noqa: F401  (registers the fast-stop signals)
 import worker.maintenance  # noqa: F401  (registers the recovery signals)
 import worker.presence  # noqa: F401  (each worker keeps its row in the workers table)

@@ -32,7 +32,9 @@ def _free_port() -> int:
 
 def test_demo_on_embedded_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = stack_env(home, None, None, STAPIPE_DASHBOARD_PORT=str(_free_port()), STAPIPE_RECOVERY_INTERVAL_S="5")
+    # OMP_NUM_THREADS=2 (stack_env's is 1): each pool child's torch starts with 2 threads, to share
+    env = stack_env(home, None, None, STAPIPE_DASHBOARD_PORT=str(_free_port()), STAPIPE_RECOVERY_INTERVAL_S="5",
+                    OMP_NUM_THREADS="2")
     cmd = [sys.executable, "-m", "worker.cli", "demo", "--preset", "tiny", "--classes", "3",
            "--videos-per-class", "4", "--seconds", "4", "--workers", "1", "--concurrency", "2", "--exit"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -61,6 +63,13 @@ def test_demo_on_embedded_default(tmp_path: Path) -> None:
     cfg = preset("tiny")
     epochs = sum(c.epochs for c in (*cfg.coarse.values(), *cfg.fine.values())) + cfg.sta.epochs
     assert db.execute("select count(*) from epoch_metrics").fetchone()[0] == epochs
+    # the busy pool children share torch's threads (worker.cpu_threads): SA coarse runs beside S and
+    # ST on half of them (from its start, or from a batch after a "CPU threads:" line), STA alone on all
+    budget, half = 2, 1
+    sa_log = next((home / "logs").rglob("train_sa_coarse.log")).read_text()
+    assert f"training on cpu with {half} CPU thread(s)" in sa_log or f"CPU threads: {half} of {budget} (" in sa_log, sa_log
+    sta_log = next((home / "logs").rglob("train_sta.log")).read_text()
+    assert f"training on cpu with {budget} CPU thread(s)" in sta_log, sta_log[-2000:]
 
     (metrics_path,) = db.execute(
         "select a.path from artefacts a join stages s on s.id = a.stage_id "
