@@ -13,6 +13,9 @@
    run``: SQLite + filesystem broker) with every stage on the accelerator, its wall time, and its
    STA/centre metrics against the same pipeline on the CPU (``--set *.device=cpu``) within
    ``TOLERANCE``. Without CUDA both runs are on the CPU and only the plumbing is checked.
+5. **Deterministic mode** — the cost of ``train.deterministic`` (issue 18): section 1's training
+   step of each network at its first size (bf16 + channels_last on CUDA, fp32 on the CPU) inside
+   the trainer's own ``DeterministicMode`` off and on, samples/s and the ratio.
 
 Run: ``make gpu-check`` (``.venv/bin/python bench/gpu_check.py --write-results``; under 8 min on one
 H100/H200). ``--small``: resnet18, 32 px, batches of 2, 1 worker at most — a minute on a busy CPU
@@ -51,6 +54,7 @@ from sta_models.networks import build_branch, param_groups  # noqa: E402
 from sta_models.networks.sta import STA  # noqa: E402
 from sta_models.trainer import (  # noqa: E402
     CHECKPOINT_FORMAT,
+    DeterministicMode,
     SeededSampler,
     atomic_save,
     autocast_for,
@@ -324,6 +328,22 @@ def check_end_to_end(rep: Report, shapes: Shapes, device: torch.device, tmp: Pat
             f"STA CC {sta_cc:.3f}", f"max |Δ| {worst:.4f}", f"tolerance {TOLERANCE}", "same" if same else "DIFFERENT")
 
 
+def check_deterministic(rep: Report, shapes: Shapes, device: torch.device) -> None:
+    """Section 5: ``train.deterministic``'s cost, through the trainer's own switch."""
+    fast = device.type == "cuda"
+    rep.add("deterministic mode", "input", "batch", "samples/s off", "samples/s on", "on / off", "", "")
+    for net, sizes in shapes.sizes.items():
+        size, batch = sizes[0], shapes.batch[net]
+        rates = []
+        for on in (False, True):
+            if fast:
+                torch.backends.cudnn.benchmark = True  # what main() sets; DeterministicMode turns it off
+            with DeterministicMode(on):
+                rates.append(train_rate(net, shapes.backbone, size, batch, device, fast, shapes.steps)[0])
+        rep.add(f"{net.upper()} deterministic", size, batch, f"{rates[0]:.1f}", f"{rates[1]:.1f}",
+                f"{rates[1] / rates[0]:.2f}x", "", "")
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -353,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny shapes (the CPU test)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    ap.add_argument("--skip", action="append", default=[], choices=("networks", "loader", "inference", "e2e"))
+    ap.add_argument("--skip", action="append", default=[],
+                    choices=("networks", "loader", "inference", "e2e", "deterministic"))
     ap.add_argument("--write-results", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args(argv)
@@ -377,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             check_inference(rep, shapes, device, tmp / "features", rows, tmp)
         if "e2e" not in args.skip:
             check_end_to_end(rep, shapes, device, tmp)
+        if "deterministic" not in args.skip:
+            check_deterministic(rep, shapes, device)
     rep.notes.append(f"whole check: {time.perf_counter() - t_start:.0f} s")
     text = markdown(rep, "small" if args.small else "paper", device)
     print(text)

@@ -30,7 +30,8 @@ def test_gpu_check_small_runs_every_section_and_writes_the_table(tmp_path: Path)
     assert text.startswith("# Benchmarks\n") and "## GPU check: the paper preset on one GPU (issue 17)" in text
     assert "`bench/gpu_check.py --small` on no GPU" in text
     for row in ("| S | 32 | 2 |", "| SA | 32 | 2 |", "| ST | 32 | 2 |", "| STA | 32 | 2 |", "| 0 |", "| 1 |",
-                "| CAM extraction (S, 32 px) |", "| tiny pipeline end to end (cpu) |"):
+                "| CAM extraction (S, 32 px) |", "| tiny pipeline end to end (cpu) |",
+                "| SA deterministic | 32 | 2 |", "| STA deterministic | 32 | 2 |"):
         assert row in text, row
     assert "n/a (CPU)" in text and "plumbing only" in text and "overall: OK" in text
     table = [line for line in text.splitlines() if line.startswith("| tiny pipeline")]
